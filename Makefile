@@ -1,0 +1,50 @@
+# The two front-door commands (see README.md):
+#   make demo   set up the virtualenv (once) and run the embedded default end to end on CPU
+#   make test   set up the virtualenv (once) and run the test suite
+# Both are idempotent: a second run reuses .venv and skips what is installed.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The torch/torchvision pair that works here (../shared/docs/stack.md). A GPU user with their own
+# CUDA torch sets TORCH_SPEC= (empty) to keep the installed torch, e.g. `make setup TORCH_SPEC=`.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+STAMP := $(VENV)/.dopd-installed
+
+.PHONY: setup demo test test-unit test-integration test-slow lint clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+ifneq ($(strip $(TORCH_SPEC)),)
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+else
+	$(BIN)/python -m pip install -q -e ".[dev]" "filelock<4"
+endif
+	@touch $(STAMP)
+	@echo "environment ready in $(VENV)"
+
+demo: setup
+	$(BIN)/dopd-vlm demo $(DEMO_ARGS)
+
+test: setup
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest tests --durations=25 $(PYTEST_ARGS)
+
+test-unit: setup
+	$(BIN)/python -m pytest tests/unit --durations=10 $(PYTEST_ARGS)
+
+test-integration: setup
+	$(BIN)/python -m pytest tests/integration --durations=10 $(PYTEST_ARGS)
+
+test-slow: setup
+	$(BIN)/python -m pytest tests --run-slow --durations=25 $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check dopd_vlm data_builders tests scripts benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,49 @@
+"""The `dopd-vlm` command line: one subcommand per module.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules are imported only when their subcommand is parsed, and keep heavy imports (transformers,
+datasets, lmms-eval) inside ``run`` so that ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "build": ("data_builders.cli", "build a privileged dataset from a source dataset or local files"),
+    "sft": ("dopd_vlm.sft", "supervised fine-tuning (warm-start a student or a teacher)"),
+    "train": ("dopd_vlm.train", "on-policy distillation: DOPD and its baselines"),
+    "eval": ("dopd_vlm.evaluate", "evaluate checkpoints with lmms-eval; make lmms-eval tasks"),
+    "demo": ("dopd_vlm.demo", "the embedded default: synthetic scenes + tiny models, end to end on CPU"),
+    "tiny-models": ("dopd_vlm.tiny", "write a tiny random-init model + processor checkpoint folder"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dopd_vlm import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="dopd-vlm",
+        description="Privileged on-policy distillation (DOPD) for vision-language models.",
+    )
+    parser.add_argument("--version", action="version", version=f"dopd-vlm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
