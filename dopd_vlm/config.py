@@ -218,3 +218,176 @@ def field_help(cls) -> str:
 
 __all__ = ["ConfigError", "apply_overrides", "field_help", "from_dict", "load_config", "save_config",
            "to_dict"]
+
+
+# =================================================================================================
+# The run configs. Sections are flat dataclasses of scalars; comments give meaning and source.
+# [P] = stated in the DOPD paper (method.md); [D] = project decision.
+# =================================================================================================
+from dataclasses import dataclass, field  # noqa: E402
+
+from dopd_vlm.routing import RoutingConfig  # noqa: E402
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class ModelConfig:
+    model_name_or_path: str = ""  # the student checkpoint (any HF folder or Hub id)
+    teacher_model_name_or_path: str = ""  # the frozen privileged teacher [P: same tokenizer family]
+    dtype: str = "float32"  # student weights dtype [D]; use bfloat16 + mixed_precision on GPUs
+    teacher_dtype: str = ""  # "" = same as dtype [D]
+    trust_remote_code: bool = False  # security default [D]: never run checkpoint code unless asked
+    attn_implementation: str = ""  # "" = the transformers default; e.g. sdpa, flash_attention_2
+    gradient_checkpointing: bool = False  # trade compute for memory on the student [D]
+    freeze_vision: bool = False  # method.md §6 [D]; tiny presets freeze (demo-notes.md)
+    vision_lr_scale: float = 1.0  # vision-tower lr = lr * scale [D]
+    use_peft: bool = False  # LoRA through peft [D]
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str = "all-linear"
+
+    def __post_init__(self):
+        for name in ("dtype",) + (("teacher_dtype",) if self.teacher_dtype else ()):
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
+        if self.vision_lr_scale < 0:
+            raise ValueError(f"vision_lr_scale must be >= 0, got {self.vision_lr_scale}")
+
+
+@dataclass
+class DataConfig:
+    dataset_path: str = ""  # a `datasets` save_to_disk folder of records (dopd-vlm build)
+    split: str = "train"
+    privileged_kinds: list[str] = field(default_factory=lambda: ["regions"])  # [P §7: boxes + labels best for VLMs]
+    max_samples: int = 0  # 0 = all records
+    shuffle: bool = True  # reshuffled each epoch from the seed [D]
+
+    def __post_init__(self):
+        if self.max_samples < 0:
+            raise ValueError(f"max_samples must be >= 0, got {self.max_samples}")
+
+
+@dataclass
+class RolloutConfig:
+    num_generations: int = 4  # G rollouts per prompt [P: G = 4]
+    max_new_tokens: int = 256  # [D]
+    temperature: float = 1.0  # [D: method.md §6]
+    top_p: float = 1.0  # [D]
+    top_k: int = 0  # 0 = off [D]
+    engine: str = "hf"  # hf | vllm [D]
+
+    def __post_init__(self):
+        if self.num_generations < 1 or self.max_new_tokens < 1:
+            raise ValueError("num_generations and max_new_tokens must be >= 1")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 for sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.engine not in ("hf", "vllm"):
+            raise ValueError(f"engine must be 'hf' or 'vllm', got {self.engine!r}")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-6  # [P: Sec. 5 setup]
+    weight_decay: float = 0.0  # [D]
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    warmup_ratio: float = 0.03  # cosine schedule with warmup [P: cosine; warmup D]
+    max_steps: int = 300  # [P: 300 VLM / 200 LLM]
+    prompts_per_step: int = 64  # P prompts per optimiser step [P: 64 VLM / 128 LLM]
+    micro_batch_size: int = 0  # sequences per backward; 0 = the whole step at once [D]
+    max_grad_norm: float = 1.0  # [D]
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.lr <= 0 or self.max_steps < 1 or self.prompts_per_step < 1 or self.micro_batch_size < 0:
+            raise ValueError("lr > 0, max_steps >= 1, prompts_per_step >= 1, micro_batch_size >= 0 required")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/dopd"
+    mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate)
+    loss_impl: str = "dense"  # dense | lean (chunked from hidden states, design.md) [D]
+    loss_chunk_size: int = 256  # tokens per chunk on the lean path [D]
+    log_every: int = 1
+    sample_every: int = 1  # write decoded samples + per-token regimes every N steps (0 = never)
+    save_every: int = 0  # 0 = only at the end
+    save_total_limit: int = 2  # keep the last N checkpoints
+    resume_from: str = ""  # a checkpoint folder, or "latest" (in output_dir)
+    report_to: list[str] = field(default_factory=list)  # tensorboard | wandb | trackio (accelerate)
+    max_bad_steps: int = 3  # stop after N non-finite losses in a row [D]
+    stop_after_step: int = 0  # stop (with a checkpoint) after this step; 0 = run to max_steps. For tests.
+    plots: bool = True
+
+    def __post_init__(self):
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be no|bf16|fp16, got {self.mixed_precision!r}")
+        if self.loss_impl not in ("dense", "lean"):
+            raise ValueError(f"loss_impl must be dense|lean, got {self.loss_impl!r}")
+        for name in ("log_every", "loss_chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        for r in self.report_to:
+            if r not in ("tensorboard", "wandb", "trackio"):
+                raise ValueError(f"report_to: unknown tracker {r!r} (tensorboard, wandb, trackio)")
+
+
+@dataclass
+class TrainConfig:
+    """`dopd-vlm train` — on-policy distillation with a routing table."""
+
+    table: str = "dopd"  # routing table name (dopd_vlm.tables)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass
+class SFTDataConfig:
+    dataset_path: str = ""
+    split: str = "train"
+    view: str = "plain"  # plain | privileged: which prompt the model is trained on [D]
+    privileged_kinds: list[str] = field(default_factory=lambda: ["regions"])
+    target: str = "answer"  # answer | solution: the supervised response [D]
+    max_samples: int = 0
+
+    def __post_init__(self):
+        if self.view not in ("plain", "privileged"):
+            raise ValueError(f"view must be plain|privileged, got {self.view!r}")
+        if self.target not in ("answer", "solution"):
+            raise ValueError(f"target must be answer|solution, got {self.target!r}")
+
+
+@dataclass
+class SFTOptimConfig:
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    max_steps: int = 1000
+    batch_size: int = 16
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    time_budget_s: float = 0.0  # stop after this many seconds (0 = off); for CPU warm-starts [D]
+
+    def __post_init__(self):
+        if self.lr <= 0 or self.max_steps < 1 or self.batch_size < 1:
+            raise ValueError("lr > 0, max_steps >= 1, batch_size >= 1 required")
+
+
+@dataclass
+class SFTConfig:
+    """`dopd-vlm sft` — supervised warm-start of a student or a teacher."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: SFTDataConfig = field(default_factory=SFTDataConfig)
+    optim: SFTOptimConfig = field(default_factory=SFTOptimConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/sft", sample_every=0))

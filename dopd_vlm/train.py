@@ -1,11 +1,310 @@
-"""TODO(issue): not implemented yet."""
+"""On-policy distillation with a routing table: DOPD and its baselines (method.md §6).
+
+    dopd-vlm train CONFIG.yaml [key=value ...]
+    accelerate launch [--config_file scripts/accelerate/zero2.yaml] -m dopd_vlm.train CONFIG.yaml [key=value ...]
+
+One recipe, top to bottom: setup → loop → save. The routing table decides the work: the loop
+asks it which policies to score and has no per-method branch. One optimiser step (method.md §6):
+
+    records_P ──render_views──▶ plain / privileged messages (+ the same images)
+    plain ──sample_rollouts(student)──▶ response_ids_B_R, response_mask_B_R      (B = P·G)
+    score(teacher, priv), score(student, priv), score(teacher, plain) [no grad, as the table needs]
+    statistics of the whole step ──▶ thresholds (threshold_scope "step", method.md §3)
+    per micro-batch: score(student, plain) [grad] ──routed_loss──▶ backward   (Eq. 10, Eq. 11)
+    clip, AdamW step, cosine schedule
+
+Shape legend: P prompts, G rollouts per prompt, B = P·G sequences, R response tokens, V vocabulary.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
+from dopd_vlm.config import TrainConfig, field_help, load_config, save_config
+
+POLICIES_NEEDING_PRIV = ("teacher_priv", "student_priv")
+
+
+# ------------------------------------------------------------------------------------------ CLI
 def add_arguments(parser) -> None:
-    parser.add_argument("config", nargs="?", help="YAML config")
+    parser.add_argument("config", help="YAML preset (see dopd_vlm/presets/)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, checked against field types. Keys:\n" + field_help(TrainConfig))
 
 
 def run(args) -> int:
-    raise SystemExit("dopd-vlm: this command is not implemented yet")
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    train(cfg)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``accelerate launch -m dopd_vlm.train CONFIG [key=value ...]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="dopd_vlm.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+# ------------------------------------------------------------------------------------------ pieces
+@dataclass
+class Policy:
+    """A loaded model with its adapter and processor."""
+
+    model: object
+    processor: object
+    adapter: object
+
+
+def _is_vision_param(name: str) -> bool:
+    # transformers' VLM classes keep the vision encoder under one of these module names
+    return any(part in ("visual", "vision_tower", "vision_model") for part in name.split("."))
+
+
+def param_groups(model, lr: float, weight_decay: float, freeze_vision: bool, vision_lr_scale: float) -> list[dict]:
+    """AdamW groups: language model at ``lr``; vision tower frozen or at ``lr * vision_lr_scale``
+    (method.md §6 [D]; demo-notes.md: random towers collapse at the LM's rate)."""
+    lm, vision = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if _is_vision_param(name):
+            if freeze_vision or vision_lr_scale == 0:
+                p.requires_grad_(False)
+                continue
+            vision.append(p)
+        else:
+            lm.append(p)
+    groups = [{"params": lm, "lr": lr, "weight_decay": weight_decay}]
+    if vision:
+        groups.append({"params": vision, "lr": lr * vision_lr_scale, "weight_decay": weight_decay})
+    return groups
+
+
+def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int):
+    """Linear warmup then cosine decay to 0 [P: cosine schedule; warmup length D]."""
+    import torch
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def data_order(n_records: int, seed: int, shuffle: bool, start: int, count: int) -> list[int]:
+    """Record indices ``start .. start+count`` of the infinite epoch-wise permutation stream; a pure
+    function of (seed, position), so resuming at ``samples_seen`` reproduces the data exactly."""
+    import torch
+
+    out = []
+    for pos in range(start, start + count):
+        epoch, i = divmod(pos, n_records)
+        if shuffle:
+            g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            out.append(int(torch.randperm(n_records, generator=g)[i]))
+        else:
+            out.append(i)
+    return out
+
+
+def load_policy(path: str, dtype: str, trust_remote_code: bool, attn_implementation: str, device) -> Policy:
+    from dopd_vlm.adapters import get_adapter
+
+    adapter = get_adapter(path)
+    model, processor = adapter.load(path, dtype=dtype, device=str(device), trust_remote_code=trust_remote_code,
+                                    attn_implementation=attn_implementation or None)
+    return Policy(model, processor, adapter)
+
+
+def _jsonable(metrics: dict) -> dict:
+    out = {}
+    for k, v in metrics.items():
+        v = v.item() if hasattr(v, "item") else v
+        out[k] = None if isinstance(v, float) and not math.isfinite(v) else v
+    return out
+
+
+def _truncate_jsonl(path: Path, last_step: int) -> None:
+    """On resume, drop lines logged after the checkpoint's step (they will be logged again)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+# ------------------------------------------------------------------------------------------ recipe
+def train(cfg: TrainConfig) -> Path:
+    """Run on-policy distillation as configured; returns the final checkpoint folder."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from datasets import DatasetDict, load_from_disk
+    from tqdm.auto import tqdm
+
+    from dopd_vlm.checkpoint import TrainerState, latest_checkpoint, load_trainer_state, save_checkpoint
+    from dopd_vlm.reporting import plot_metrics, write_token_html
+    from dopd_vlm.sources import resolve_dataset, resolve_model
+    from dopd_vlm.step import StepRunner
+    from dopd_vlm.tables import get_table
+
+    out = Path(cfg.run.output_dir)
+    accelerator = Accelerator(mixed_precision=cfg.run.mixed_precision,
+                              log_with=cfg.run.report_to or None, project_dir=str(out))
+    table = get_table(cfg.table)
+    set_seed(cfg.optim.seed + accelerator.process_index)
+
+    # ---- data and models (tiny:/synthetic: specs are built once, by the main process)
+    with accelerator.main_process_first():
+        student_path = resolve_model(cfg.model.model_name_or_path, out)
+        teacher_path = resolve_model(cfg.model.teacher_model_name_or_path, out) if any(p.startswith("teacher") for p in table.policies()) else ""
+        dataset_path = resolve_dataset(cfg.data.dataset_path, out)
+    data = load_from_disk(dataset_path)
+    if isinstance(data, DatasetDict):
+        if cfg.data.split not in data:
+            raise SystemExit(f"{dataset_path}: no split {cfg.data.split!r}; splits: {list(data)}")
+        data = data[cfg.data.split]
+    if cfg.data.max_samples:
+        data = data.select(range(min(cfg.data.max_samples, len(data))))
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if cfg.optim.prompts_per_step % world:
+        raise SystemExit(f"optim.prompts_per_step={cfg.optim.prompts_per_step} must divide by the "
+                         f"{world} processes")
+    local_prompts = cfg.optim.prompts_per_step // world
+
+    student = load_policy(student_path, cfg.model.dtype, cfg.model.trust_remote_code,
+                          cfg.model.attn_implementation, accelerator.device)
+    teacher = None
+    if teacher_path:
+        teacher = load_policy(teacher_path, cfg.model.teacher_dtype or cfg.model.dtype, cfg.model.trust_remote_code,
+                              cfg.model.attn_implementation, accelerator.device)
+        teacher.model.requires_grad_(False).eval()  # frozen [P]
+        from dopd_vlm.scoring import check_tokenizer_compat
+
+        check_tokenizer_compat(student.processor, student.adapter, teacher.processor, teacher.adapter)
+    model = student.model
+    if cfg.model.use_peft:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=cfg.model.lora_r, lora_alpha=cfg.model.lora_alpha,
+                                                 lora_dropout=cfg.model.lora_dropout,
+                                                 target_modules=cfg.model.lora_target_modules))
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    model.train()
+    groups = param_groups(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.model.freeze_vision,
+                          cfg.model.vision_lr_scale)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2))
+    scheduler = cosine_with_warmup(optimizer, int(cfg.optim.warmup_ratio * cfg.optim.max_steps), cfg.optim.max_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    student.model = model
+
+    # ---- resume
+    state = TrainerState(step=0, samples_seen=0, extra={})
+    if cfg.run.resume_from:
+        ckpt = latest_checkpoint(out) if cfg.run.resume_from == "latest" else Path(cfg.run.resume_from)
+        if ckpt is None:
+            raise SystemExit(f"resume_from=latest but no checkpoint in {out}")
+        from safetensors.torch import load_file
+
+        unwrapped = accelerator.unwrap_model(model)
+        weights = {}
+        for f in sorted(ckpt.glob("*.safetensors")):
+            weights.update(load_file(str(f)))
+        missing, unexpected = unwrapped.load_state_dict(weights, strict=False)
+        if unexpected or [m for m in missing if "lm_head" not in m]:  # lm_head may be tied
+            raise SystemExit(f"{ckpt}: weights do not match the student (missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]})")
+        state = load_trainer_state(ckpt, optimizer, scheduler)
+        accelerator.print(f"resumed from {ckpt} at step {state.step}")
+
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            (out / name).touch()
+            _truncate_jsonl(out / name, state.step)
+    if cfg.run.report_to:
+        accelerator.init_trackers("dopd-vlm", config={"table": cfg.table, "lr": cfg.optim.lr})
+
+    runner = StepRunner(cfg, table, student, teacher, accelerator)
+    bar = tqdm(total=cfg.optim.max_steps, initial=state.step, desc=f"train {cfg.table}",
+               disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    bad_in_a_row = 0
+    last_step = min(cfg.optim.max_steps, cfg.run.stop_after_step or cfg.optim.max_steps)
+    while state.step < last_step:
+        t0 = time.perf_counter()
+        start = state.samples_seen + rank * local_prompts
+        idx = data_order(len(data), cfg.optim.seed, cfg.data.shuffle, start, local_prompts)
+        records = [data[i] for i in idx]
+        result = runner.step(records, sample=bool(cfg.run.sample_every) and (state.step + 1) % cfg.run.sample_every == 0)
+        state.samples_seen += cfg.optim.prompts_per_step
+        if result.finite:
+            bad_in_a_row = 0
+            if cfg.optim.max_grad_norm > 0:
+                result.metrics["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm))
+            optimizer.step()
+            scheduler.step()
+        else:
+            bad_in_a_row += 1
+            accelerator.print(f"step {state.step + 1}: non-finite loss, update skipped "
+                              f"({bad_in_a_row}/{cfg.run.max_bad_steps} in a row)")
+            if bad_in_a_row >= cfg.run.max_bad_steps:
+                raise SystemExit(f"stopping: {bad_in_a_row} non-finite losses in a row")
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        metrics = {"step": state.step, "lr": scheduler.get_last_lr()[0], "step_time_s": time.perf_counter() - t0,
+                   **_jsonable(result.metrics)}
+        if accelerator.is_main_process:
+            if state.step % cfg.run.log_every == 0:
+                with open(out / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(metrics) + "\n")
+            if result.samples:
+                with open(out / "samples.jsonl", "a") as fh:
+                    for s in result.samples:
+                        fh.write(json.dumps({"step": state.step, **s}) + "\n")
+        if cfg.run.report_to:
+            accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=state.step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}")
+        if cfg.run.save_every and state.step % cfg.run.save_every == 0 and state.step < last_step:
+            _save(accelerator, out, state, student, optimizer, scheduler, cfg.run.save_total_limit, save_checkpoint)
+    bar.close()
+    final = _save(accelerator, out, state, student, optimizer, scheduler, cfg.run.save_total_limit, save_checkpoint)
+    if accelerator.is_main_process and cfg.run.plots:
+        plot_metrics(out / "metrics.jsonl", out / "plots")
+        write_token_html(out / "samples.jsonl", out / "tokens.html", title=f"{cfg.table}: token routing")
+    accelerator.end_training()
+    return final
+
+
+def _save(accelerator, out, state, student, optimizer, scheduler, keep_last, save_checkpoint) -> Path:
+    accelerator.wait_for_everyone()
+    path = out / f"checkpoint-{state.step:06d}"
+    if accelerator.is_main_process:
+        def save_fn(model, folder):
+            accelerator.unwrap_model(model).save_pretrained(
+                folder, safe_serialization=True, state_dict=accelerator.get_state_dict(model))
+
+        path = save_checkpoint(out, state.step, student.model, student.processor, optimizer, scheduler, state,
+                               keep_last=keep_last, save_fn=save_fn)
+    accelerator.wait_for_everyone()
+    return path
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    random.seed(0)
+    sys.exit(main())

@@ -1,0 +1,394 @@
+"""The record: one image-question pair with privileged signals (``shared/docs/data.md``).
+
+Schema (a superset of TRL's conversational vision rows)::
+
+    id                  str   "<hub_id>/<config>/<split>/<native_id>"
+    source              {dataset, config, split, revision}   (strings; config/revision may be None)
+    images              list[image]   in the order of the {"type": "image"} parts of ``prompt``
+    prompt              list[message] the student's view: [{"role": "user", "content": [parts]}]
+    question            str           raw question (no options, no instructions)
+    choices             list[str] | None
+    answer              str | None    canonical final answer (for scoring)
+    privileged          {captions, regions[{bbox, label}], rationale, solution, lecture, hints,
+                         ocr[{text, bbox}], scene_graph, program, answer}   every field optional
+    privileged_context  str           the rendered teacher-only text
+    meta                {image_size: [w, h], ...}   free-form beyond image_size
+
+Boxes are canonical: absolute pixel ``[x1, y1, x2, y2]`` on ``images[0]`` with
+``meta.image_size == [w, h]``; they are rendered per target model only when a prompt is built
+(``dopd_vlm.privileged.render_privileged``). ``privileged.answer`` (the final answer given as
+privileged information, the paper's worst privilege, Table 5) is a project addition so that the
+"answer-only" ablation has a field of its own.
+
+Images arrive as PIL images, bytes, ``{"bytes", "path"}`` dicts (``datasets.Image(decode=False)``),
+a path under ``image_root``, or a base64 data URI; URLs are refused (no network on these machines).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+PRIVILEGED_FIELDS = ("captions", "regions", "rationale", "solution", "lecture", "hints", "ocr",
+                     "scene_graph", "program", "answer")
+RECORD_FIELDS = ("id", "source", "images", "prompt", "question", "choices", "answer", "privileged",
+                 "privileged_context", "meta")
+ROLES = ("system", "user", "assistant")
+
+# Project decision: COCO-style float boxes may overshoot the image border by rounding (x + w =
+# w_img + 0.5 occurs in RefCOCO); within this many pixels a box is clipped, beyond it rejected.
+BOX_BORDER_TOLERANCE_PX = 1.0
+
+
+class RecordError(ValueError):
+    """A malformed record or source row; the message names the record id and the field."""
+
+    def __init__(self, record_id: str | None, field: str, message: str):
+        self.record_id, self.field = record_id, field
+        super().__init__(f"record {record_id!r}, field {field!r}: {message}")
+
+
+# ------------------------------------------------------------------------------------ images
+def _check_image_bytes(data: bytes, record_id: str | None, field: str) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        # Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS) stays on: Image.open raises
+        # DecompressionBombError above twice the limit; the warning below it is made an error.
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                size = im.size
+                im.verify()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise RecordError(record_id, field, f"image refused by Pillow's decompression-bomb limit: {e}") from e
+    except Exception as e:  # PIL raises many types for corrupt data (UnidentifiedImageError, OSError, SyntaxError)
+        raise RecordError(record_id, field, f"cannot decode image ({type(e).__name__}: {e})") from e
+    return size
+
+
+def _safe_path(path: str, image_root: str | os.PathLike | None, record_id: str | None, field: str) -> Path:
+    if image_root is None:
+        raise RecordError(record_id, field, f"image given as a path ({path!r}) but no image_root was set "
+                                            "(pass --image-root DIR)")
+    if ".." in Path(path).parts:
+        raise RecordError(record_id, field, f"image path {path!r} contains '..'; paths must stay under image_root")
+    root = Path(image_root).resolve()
+    full = (root / path).resolve()  # resolve() follows symlinks, so a link escaping the root is caught below
+    try:
+        full.relative_to(root)
+    except ValueError:
+        raise RecordError(record_id, field, f"image path {path!r} resolves to {full}, outside image_root {root}") from None
+    if not full.is_file():
+        raise RecordError(record_id, field, f"image file not found: {full} (image_root {root})")
+    return full
+
+
+def resolve_image(value: Any, image_root: str | os.PathLike | None = None, record_id: str | None = None,
+                  field: str = "images") -> tuple[dict, tuple[int, int]]:
+    """Any supported image value -> (``{"bytes": ..., "path": None}``, (w, h)).
+
+    Encoded bytes are kept as they came (no JPEG re-encoding); PIL images are encoded as PNG.
+    """
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        buf = io.BytesIO()
+        value.save(buf, format="PNG")
+        return {"bytes": buf.getvalue(), "path": None}, value.size
+    if isinstance(value, (bytes, bytearray)):
+        data = bytes(value)
+        return {"bytes": data, "path": None}, _check_image_bytes(data, record_id, field)
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            return resolve_image(value["bytes"], image_root, record_id, field)
+        if value.get("path"):
+            return resolve_image(value["path"], image_root, record_id, field)
+        raise RecordError(record_id, field, f"image dict has neither bytes nor path: keys {sorted(value)}")
+    if isinstance(value, str):
+        if value.startswith(("http://", "https://", "ftp://")):
+            raise RecordError(record_id, field, f"image is a URL ({value[:80]}); URLs cannot be fetched offline. "
+                                                "Download the images and pass their folder as --image-root")
+        if value.startswith("data:"):
+            head, _, payload = value.partition(",")
+            if ";base64" not in head:
+                raise RecordError(record_id, field, "data URI is not base64-encoded")
+            try:
+                data = base64.b64decode(payload, validate=True)
+            except (binascii.Error, ValueError) as e:
+                raise RecordError(record_id, field, f"invalid base64 in data URI: {e}") from e
+            return resolve_image(data, image_root, record_id, field)
+        full = _safe_path(value, image_root, record_id, field)
+        data = full.read_bytes()
+        return {"bytes": data, "path": None}, _check_image_bytes(data, record_id, field)
+    raise RecordError(record_id, field, f"unsupported image value of type {type(value).__name__}")
+
+
+def decode_base64_image(s: str, record_id: str | None = None, field: str = "images") -> tuple[dict, tuple[int, int]]:
+    """Raw base64 (no data-URI header), as in R1-Onevision."""
+    try:
+        data = base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise RecordError(record_id, field, f"invalid base64 image: {e}") from e
+    return resolve_image(data, None, record_id, field)
+
+
+# ------------------------------------------------------------------------------------- boxes
+def canonical_box(bbox: Any, fmt: str, image_size: tuple[int, int] | list[int], record_id: str | None = None,
+                  field: str = "privileged.regions") -> list[float]:
+    """A box in ``fmt`` ("xyxy" or "xywh", absolute pixels) -> validated absolute xyxy."""
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        raise RecordError(record_id, field, f"box must be 4 numbers, got {bbox!r}")
+    try:
+        a, b, c, d = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise RecordError(record_id, field, f"box has non-numeric values: {bbox!r}") from None
+    if fmt == "xywh":
+        x1, y1, x2, y2 = a, b, a + c, b + d
+    elif fmt == "xyxy":
+        x1, y1, x2, y2 = a, b, c, d
+    else:
+        raise ValueError(f"unknown box format {fmt!r}; expected 'xyxy' or 'xywh'")
+    return check_box([x1, y1, x2, y2], image_size, record_id, field)
+
+
+def check_box(box: list[float], image_size, record_id: str | None = None, field: str = "privileged.regions") -> list[float]:
+    """Validate an absolute xyxy box against (w, h); clip overshoot within the tolerance."""
+    w, h = image_size
+    x1, y1, x2, y2 = box
+    if not all(math.isfinite(v) for v in box):
+        raise RecordError(record_id, field, f"box {box} has non-finite values")
+    tol = BOX_BORDER_TOLERANCE_PX
+    if min(x1, y1) < -tol:
+        raise RecordError(record_id, field, f"box {box} has negative coordinates")
+    if x2 > w + tol or y2 > h + tol:
+        raise RecordError(record_id, field, f"box {box} lies outside the image of size {w}x{h}")
+    x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(w)), min(y2, float(h))
+    if x2 <= x1 or y2 <= y1:
+        raise RecordError(record_id, field, f"box {box} is degenerate (x2 <= x1 or y2 <= y1)")
+    return [x1, y1, x2, y2]
+
+
+# ------------------------------------------------------------------------------------ prompts
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# Project decision: instructions use words of the tiny tokenizer's corpus (dopd_vlm/tiny.py).
+INSTRUCTION_WORD = "Answer with a single word."
+INSTRUCTION_LETTER = "Answer with the letter of the correct option."
+
+
+def format_choices(choices: list[str]) -> str:
+    return "Options: " + " ".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
+
+
+def build_prompt(question: str, choices: list[str] | None = None, context: str | None = None,
+                 n_images: int = 1, instruction: str | None = None) -> list[dict]:
+    """The student's user turn: image parts first, then context, question, options, instruction."""
+    lines = []
+    if context:
+        lines.append(f"Context: {context}")
+    lines.append(question)
+    if choices:
+        lines.append(format_choices(choices))
+    if instruction is None:
+        instruction = INSTRUCTION_LETTER if choices else ""
+    if instruction:
+        lines.append(instruction)
+    content = [{"type": "image", "text": None} for _ in range(n_images)]
+    content.append({"type": "text", "text": "\n".join(lines)})
+    return [{"role": "user", "content": content}]
+
+
+def empty_privileged() -> dict:
+    return {"captions": [], "regions": [], "rationale": [], "solution": None, "lecture": None, "hints": [],
+            "ocr": [], "scene_graph": None, "program": None, "answer": None}
+
+
+def make_record(*, id: str, source: dict, images: list, question: str, answer: str | None,
+                choices: list[str] | None = None, privileged: dict | None = None, prompt: list | None = None,
+                meta: dict | None = None, image_size: tuple[int, int] | None = None,
+                context: str | None = None, instruction: str | None = None) -> dict:
+    """Assemble a record with defaults filled in (the prompt is built from question and choices)."""
+    priv = empty_privileged()
+    for k, v in (privileged or {}).items():
+        if k not in priv:
+            raise RecordError(id, f"privileged.{k}", f"unknown privileged field; known: {PRIVILEGED_FIELDS}")
+        priv[k] = v
+    m = dict(meta or {})
+    if image_size is not None:
+        m["image_size"] = [int(image_size[0]), int(image_size[1])]
+    return {
+        "id": id,
+        "source": {"dataset": source["dataset"], "config": source.get("config"), "split": source["split"],
+                   "revision": source.get("revision")},
+        "images": images,
+        "prompt": prompt if prompt is not None else build_prompt(question, choices, context, len(images), instruction),
+        "question": question,
+        "choices": choices,
+        "answer": answer,
+        "privileged": priv,
+        "privileged_context": "",
+        "meta": m,
+    }
+
+
+# --------------------------------------------------------------------------------- validation
+def _is_str_list(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def validate_record(rec: dict) -> dict:
+    """Check a record against the schema; raise ``RecordError`` naming the id and the field."""
+    if not isinstance(rec, dict):
+        raise RecordError(None, "<record>", f"a record is a dict, got {type(rec).__name__}")
+    rid = rec.get("id")
+    if not isinstance(rid, str) or not rid:
+        raise RecordError(rid, "id", "must be a non-empty string")
+    missing = [f for f in RECORD_FIELDS if f not in rec]
+    if missing:
+        raise RecordError(rid, missing[0], f"missing field(s) {missing}")
+    extra = sorted(set(rec) - set(RECORD_FIELDS))
+    if extra:
+        raise RecordError(rid, extra[0], f"unknown field(s) {extra}")
+
+    src = rec["source"]
+    if not isinstance(src, dict) or set(src) != {"dataset", "config", "split", "revision"}:
+        raise RecordError(rid, "source", "must be a dict with exactly dataset, config, split, revision")
+    for k in ("dataset", "split"):
+        if not isinstance(src[k], str) or not src[k]:
+            raise RecordError(rid, f"source.{k}", "must be a non-empty string")
+    for k in ("config", "revision"):
+        if src[k] is not None and not isinstance(src[k], str):
+            raise RecordError(rid, f"source.{k}", "must be a string or None")
+
+    images = rec["images"]
+    if not isinstance(images, list):
+        raise RecordError(rid, "images", "must be a list")
+    from PIL import Image
+
+    for i, im in enumerate(images):
+        if not (isinstance(im, Image.Image) or (isinstance(im, dict) and (im.get("bytes") or im.get("path")))):
+            raise RecordError(rid, f"images[{i}]", f"must be a PIL image or a {{bytes, path}} dict, got {type(im).__name__}")
+
+    prompt = rec["prompt"]
+    if not isinstance(prompt, list) or not prompt:
+        raise RecordError(rid, "prompt", "must be a non-empty list of messages")
+    n_image_parts = 0
+    for i, msg in enumerate(prompt):
+        if not isinstance(msg, dict) or msg.get("role") not in ROLES or not isinstance(msg.get("content"), list):
+            raise RecordError(rid, f"prompt[{i}]", f"must be {{role in {ROLES}, content: list of parts}}")
+        for j, part in enumerate(msg["content"]):
+            t = part.get("type") if isinstance(part, dict) else None
+            if t == "image":
+                n_image_parts += 1
+            elif t == "text":
+                if not isinstance(part.get("text"), str):
+                    raise RecordError(rid, f"prompt[{i}].content[{j}].text", "text part needs a string")
+            else:
+                raise RecordError(rid, f"prompt[{i}].content[{j}]", f"part type must be 'image' or 'text', got {t!r}")
+    if n_image_parts != len(images):
+        raise RecordError(rid, "images", f"{len(images)} images but {n_image_parts} image parts in the prompt")
+    if prompt[-1]["role"] != "user":
+        raise RecordError(rid, "prompt", "the last message must be the user's turn")
+
+    if not isinstance(rec["question"], str) or not rec["question"].strip():
+        raise RecordError(rid, "question", "must be a non-empty string")
+    ch = rec["choices"]
+    if ch is not None and (not _is_str_list(ch) or len(ch) < 2 or len(ch) > len(LETTERS)):
+        raise RecordError(rid, "choices", "must be None or a list of 2-26 strings")
+    if rec["answer"] is not None and not isinstance(rec["answer"], str):
+        raise RecordError(rid, "answer", "must be a string or None")
+    if not isinstance(rec["privileged_context"], str):
+        raise RecordError(rid, "privileged_context", "must be a string")
+
+    meta = rec["meta"]
+    if not isinstance(meta, dict):
+        raise RecordError(rid, "meta", "must be a dict")
+    size = meta.get("image_size")
+    if images:
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+            raise RecordError(rid, "meta.image_size", f"records with images need [w, h] positive ints, got {size!r}")
+
+    priv = rec["privileged"]
+    if not isinstance(priv, dict):
+        raise RecordError(rid, "privileged", "must be a dict")
+    unknown = sorted(set(priv) - set(PRIVILEGED_FIELDS))
+    if unknown:
+        raise RecordError(rid, f"privileged.{unknown[0]}", f"unknown privileged field; known: {PRIVILEGED_FIELDS}")
+    for k in ("captions", "rationale", "hints"):
+        if priv.get(k) is not None and not _is_str_list(priv[k]):
+            raise RecordError(rid, f"privileged.{k}", "must be a list of strings")
+    for k in ("solution", "lecture", "answer"):
+        if priv.get(k) is not None and not isinstance(priv[k], str):
+            raise RecordError(rid, f"privileged.{k}", "must be a string or None")
+    for i, r in enumerate(priv.get("regions") or []):
+        f = f"privileged.regions[{i}]"
+        if not isinstance(r, dict) or "bbox" not in r:
+            raise RecordError(rid, f, "a region is {bbox: [x1, y1, x2, y2], label}")
+        if r.get("label") is not None and not isinstance(r["label"], str):
+            raise RecordError(rid, f + ".label", "must be a string or None")
+        if not images:
+            raise RecordError(rid, f, "regions need an image (boxes refer to images[0])")
+        _validate_xyxy(r["bbox"], size, rid, f + ".bbox")
+    for i, o in enumerate(priv.get("ocr") or []):
+        f = f"privileged.ocr[{i}]"
+        if not isinstance(o, dict) or not isinstance(o.get("text"), str):
+            raise RecordError(rid, f, "an OCR item is {text: str, bbox: [x1, y1, x2, y2] | None}")
+        if o.get("bbox") is not None:
+            _validate_xyxy(o["bbox"], size, rid, f + ".bbox")
+    if priv.get("scene_graph") is not None and not isinstance(priv["scene_graph"], dict):
+        raise RecordError(rid, "privileged.scene_graph", "must be a dict or None")
+    prog = priv.get("program")
+    if prog is not None and not (isinstance(prog, list) and all(isinstance(s, dict) and "function" in s for s in prog)):
+        raise RecordError(rid, "privileged.program", "must be a list of {function, inputs, value_inputs} dicts")
+    return rec
+
+
+def _validate_xyxy(box, size, rid, field) -> None:
+    if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+        raise RecordError(rid, field, f"must be 4 numbers [x1, y1, x2, y2], got {box!r}")
+    w, h = size
+    x1, y1, x2, y2 = box
+    if min(box) < 0:
+        raise RecordError(rid, field, f"box {list(box)} has negative coordinates")
+    if x2 > w or y2 > h:
+        raise RecordError(rid, field, f"box {list(box)} lies outside the image of size {w}x{h}")
+    if x2 <= x1 or y2 <= y1:
+        raise RecordError(rid, field, f"box {list(box)} is degenerate (x2 <= x1 or y2 <= y1)")
+
+
+# ----------------------------------------------------------------------------------- features
+def record_features():
+    """The ``datasets.Features`` records are written with (images embedded as bytes)."""
+    from datasets import Features, Image, Json, List, Value
+
+    s = Value("string")
+    return Features({
+        "id": s,
+        "source": {"dataset": s, "config": s, "split": s, "revision": s},
+        "images": List(Image()),
+        "prompt": List({"role": s, "content": List({"type": s, "text": s})}),
+        "question": s,
+        "choices": List(s),
+        "answer": s,
+        "privileged": {
+            "captions": List(s),
+            "regions": List({"bbox": List(Value("float64")), "label": s}),
+            "rationale": List(s),
+            "solution": s,
+            "lecture": s,
+            "hints": List(s),
+            "ocr": List({"text": s, "bbox": List(Value("float64"))}),
+            "scene_graph": Json(),
+            "program": Json(),
+            "answer": s,
+        },
+        "privileged_context": s,
+        "meta": Json(),
+    })

@@ -1,0 +1,221 @@
+"""The adapter contract: everything the trainer, rollouts, scoring and evaluation need to know
+about one model family, and nothing else.
+
+An adapter is a small stateless object chosen from a checkpoint's ``config.model_type``
+(``dopd_vlm.adapters.get_adapter``). Model-family knowledge (chat-template quirks, the vision
+tensors, ``mm_token_type_ids``, ``rope_deltas``, the box coordinate convention) lives only in the
+family files next to this one; the rest of the package talks to this interface.
+
+Contract (stable; other modules build on it):
+
+- ``family: str`` and ``box_format: str`` — one of ``BOX_FORMATS`` ("abs_xyxy": absolute pixels,
+  of ``box_target_size`` when that is not None; "grid1000": integers 0-1000 relative to the
+  image; "rel01": floats 0-1), consumed by ``dopd_vlm.privileged.render_privileged``.
+- ``load(path, dtype="float32", device="cpu", trust_remote_code=False, attn_implementation=None)
+  -> (model, processor)``: safetensors only, remote code only when asked for.
+- ``encode_prompts(processor, messages_list, images_list, add_generation_prompt=True) -> dict``
+  of tensors, left padded for generation; per-token tensors are the ``input_ids``,
+  ``attention_mask`` and the family's ``token_extra_keys`` (e.g. ``mm_token_type_ids``); every
+  other key is a vision tensor, which ``split_vision`` / ``cat_vision`` cut into samples and glue
+  back (so a batch can be expanded G times or sub-selected without re-running the processor).
+- ``vocab_size(processor)``: the tokenizer size, used to slice logits of models whose embedding
+  matrix is padded wider than the tokenizer.
+- ``scoring_inputs(model, input_ids, attention_mask, token_extras, vision) -> dict``: keyword
+  arguments for a full (no-cache) forward with the positions recomputed from these very tokens
+  (never a ``rope_deltas`` cached by ``generate``).
+- ``final_hidden(model, **inputs) -> [B, L, H]``: the final-norm output that the LM head consumes;
+  ``lm_head_weight(model) -> [V_model, H]``.
+
+Shape legend: ``B`` sequences, ``T`` prompt tokens, ``L`` total tokens, ``H`` hidden size.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+BOX_FORMATS = ("abs_xyxy", "grid1000", "rel01")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class AdapterError(ValueError):
+    """A checkpoint, processor or input does not fit the adapter; the message names it."""
+
+
+def _check_safetensors(path: Path) -> None:
+    """Refuse pickled weights unless a safetensors file is there (project decision: safetensors
+    only, since ``torch.load`` of a foreign checkpoint can run arbitrary code)."""
+    if not path.is_dir():
+        return  # a Hub id: transformers itself prefers safetensors; nothing to inspect offline
+    if not any(path.glob("*.safetensors")) and not (path / "model.safetensors.index.json").exists():
+        raise AdapterError(f"{path}: no *.safetensors weights found; this project loads safetensors "
+                           "only (convert the checkpoint with save_pretrained(safe_serialization=True))")
+
+
+class Adapter:
+    """Base adapter; a family subclasses it and overrides what differs."""
+
+    family: ClassVar[str] = ""
+    box_format: ClassVar[str] = "abs_xyxy"
+    model_types: ClassVar[tuple[str, ...]] = ()
+    # per-token tensors besides input_ids / attention_mask (padded like input_ids; the response
+    # part of a scoring sequence is text, so extras are extended with zeros there)
+    token_extra_keys: ClassVar[tuple[str, ...]] = ()
+    takes_images: ClassVar[bool] = True
+
+    def __init__(self, config: Any = None):
+        self.config = config  # the checkpoint's transformers config, when known
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(family={self.family!r}, box_format={self.box_format!r})"
+
+    # ------------------------------------------------------------------ loading
+    def model_class(self):
+        raise NotImplementedError
+
+    def load(self, path, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False,
+             attn_implementation: str | None = None):
+        """Load ``(model, processor)`` from a ``save_pretrained`` folder (model in eval mode)."""
+        model = self.load_model(path, dtype, device, trust_remote_code, attn_implementation)
+        processor = self.load_processor(path, trust_remote_code)
+        self.validate(model, processor, str(path))
+        return model, processor
+
+    def load_model(self, path, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False,
+                   attn_implementation: str | None = None):
+        _check_safetensors(Path(path))
+        if dtype not in DTYPES:
+            raise AdapterError(f"dtype {dtype!r} not one of {sorted(DTYPES)}")
+        kwargs = dict(dtype=DTYPES[dtype], use_safetensors=True, trust_remote_code=trust_remote_code)
+        if attn_implementation is not None:
+            kwargs["attn_implementation"] = attn_implementation
+        model = self.model_class().from_pretrained(str(path), **kwargs).to(device)
+        model.eval()
+        return model
+
+    def load_processor(self, path, trust_remote_code: bool = False):
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+
+    def validate(self, model, processor, where: str = "model") -> None:
+        """Boundary checks run once after loading."""
+        tok = self.tokenizer(processor)
+        if tok.pad_token_id is None:
+            raise AdapterError(f"{where}: the tokenizer has no pad token; set one (e.g. <|endoftext|>)")
+        v_model = self.lm_head_weight(model).shape[0]
+        if v_model < len(tok):
+            raise AdapterError(f"{where}: the LM head has {v_model} rows but the tokenizer has {len(tok)} "
+                               "tokens; model and tokenizer do not belong together")
+
+    # ------------------------------------------------------------------ text
+    def tokenizer(self, processor):
+        """The tokenizer inside ``processor`` (a processor of a VL family, the tokenizer itself for
+        a text-only family)."""
+        return processor.tokenizer
+
+    def vocab_size(self, processor) -> int:
+        return len(self.tokenizer(processor))
+
+    def pad_token_id(self, processor) -> int:
+        return self.tokenizer(processor).pad_token_id
+
+    def eos_token_ids(self, model, processor) -> list[int]:
+        """Ids that end a response: the generation config's EOS (int or list) plus the tokenizer's."""
+        eos = model.generation_config.eos_token_id
+        ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        tok_eos = self.tokenizer(processor).eos_token_id
+        if tok_eos is not None and tok_eos not in ids:
+            ids.append(tok_eos)
+        if not ids:
+            raise AdapterError("neither the generation config nor the tokenizer defines an EOS token")
+        return ids
+
+    def normalize_messages(self, messages: list[dict]) -> list[dict]:
+        """Messages as the family's chat template expects them (default: unchanged)."""
+        return messages
+
+    def render_chat(self, processor, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        return processor.apply_chat_template(self.normalize_messages(messages), tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
+
+    def encode_prompts(self, processor, messages_list: list[list[dict]], images_list: list[list],
+                       add_generation_prompt: bool = True) -> dict[str, torch.Tensor]:
+        """Render chat templates and run the processor: left-padded ``input_ids``/``attention_mask``
+        (+ the family's token extras) and the vision tensors of all images, in order."""
+        if len(messages_list) != len(images_list):
+            raise AdapterError(f"{len(messages_list)} message lists but {len(images_list)} image lists")
+        texts = [self.render_chat(processor, m, add_generation_prompt) for m in messages_list]
+        return self._run_processor(processor, texts, images_list)
+
+    def _run_processor(self, processor, texts: list[str], images_list: list[list]) -> dict[str, torch.Tensor]:
+        flat = [img for imgs in images_list for img in imgs]
+        out = processor(text=texts, images=flat or None, return_tensors="pt", padding=True,
+                        padding_side="left")
+        return dict(out)
+
+    # ------------------------------------------------------------------ vision tensors
+    def split_vision(self, vision: dict[str, torch.Tensor], images_per_sample: list[int]) -> list[dict]:
+        """Cut the batch's vision tensors into one dict per sample."""
+        if vision:
+            raise NotImplementedError(f"{self.family}: split_vision for keys {sorted(vision)}")
+        return [{} for _ in images_per_sample]
+
+    def cat_vision(self, parts: list[dict]) -> dict[str, torch.Tensor]:
+        """Inverse of ``split_vision`` (samples may carry no images)."""
+        keys = sorted({k for p in parts for k in p})
+        return {k: torch.cat([p[k] for p in parts if k in p], dim=0) for k in keys}
+
+    # ------------------------------------------------------------------ forward
+    def scoring_inputs(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       token_extras: dict[str, torch.Tensor], vision: dict[str, torch.Tensor]) -> dict:
+        """Keyword arguments for a no-cache forward over whole sequences with positions recomputed
+        from ``attention_mask`` (left padding: the first real token gets position 0, as in
+        ``generate``)."""
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                    **token_extras, **vision)
+
+    def decoder_model(self, model):
+        """The module whose ``last_hidden_state`` is the final-norm output (``model.model`` for the
+        transformers ``*ForCausalLM`` / ``*ForConditionalGeneration`` classes used here)."""
+        return model.model
+
+    def final_hidden(self, model, **inputs) -> torch.Tensor:
+        out = self.decoder_model(model)(**inputs, use_cache=False)
+        return out.last_hidden_state
+
+    def lm_head_weight(self, model) -> torch.Tensor:
+        return model.get_output_embeddings().weight
+
+    # ------------------------------------------------------------------ boxes
+    def box_target_size(self, processor, image_size: tuple[int, int]) -> tuple[int, int] | None:
+        """Size ``(w, h)`` in which ``abs_xyxy`` boxes are expressed, when it is not the original
+        image size (None: original size, or a relative format)."""
+        return None
+
+
+def read_model_type(name_or_path_or_config) -> tuple[str, Any]:
+    """``(model_type, config)`` from a config object, a config dict, or a checkpoint folder."""
+    if isinstance(name_or_path_or_config, dict):
+        if "model_type" not in name_or_path_or_config:
+            raise AdapterError("config dict has no 'model_type'")
+        return name_or_path_or_config["model_type"], name_or_path_or_config
+    if isinstance(name_or_path_or_config, (str, Path)):
+        path = Path(name_or_path_or_config)
+        cfg_file = path / "config.json"
+        if path.is_dir():
+            if not cfg_file.exists():
+                raise AdapterError(f"{path}: no config.json (not a save_pretrained folder)")
+            cfg = json.loads(cfg_file.read_text())
+            if "model_type" not in cfg:
+                raise AdapterError(f"{cfg_file}: no 'model_type' field")
+            return cfg["model_type"], cfg
+        from transformers import AutoConfig  # a Hub id (works offline when cached)
+
+        cfg = AutoConfig.from_pretrained(str(name_or_path_or_config))
+        return cfg.model_type, cfg
+    return name_or_path_or_config.model_type, name_or_path_or_config

@@ -1,0 +1,124 @@
+"""Atomic, resumable checkpoints.
+
+A checkpoint is a folder ``checkpoint-{step:06d}`` holding a ``save_pretrained`` model
+(safetensors) plus the processor, loadable by transformers and lmms-eval without conversion, and a
+``trainer_state/`` folder (optimizer, scheduler, RNG, data position) for ``resume_from``.
+
+Atomicity: everything is written into ``.checkpoint-{step}.tmp`` and renamed into place in one
+``os.replace``; a crash mid-write leaves the previous checkpoints intact and only a stale ``.tmp``
+folder, which the next save removes. Training state is loaded with ``torch.load(weights_only=True)``
+(no pickle of arbitrary objects), and the Python RNG state is stored as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass
+class TrainerState:
+    step: int  # optimiser steps completed
+    samples_seen: int  # prompts consumed from the data order (the data position)
+    extra: dict[str, Any]
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints under ``output_dir``, oldest first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := CKPT_RE.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    ckpts = list_checkpoints(output_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def save_checkpoint(output_dir: str | os.PathLike, step: int, model, processor, optimizer=None, scheduler=None,
+                    state: TrainerState | None = None, keep_last: int | None = None,
+                    save_fn=None) -> Path:
+    """Write ``checkpoint-{step}`` atomically; keep only the newest ``keep_last`` (None = all).
+
+    ``save_fn(model, folder)`` overrides how the weights are written (accelerate's unwrap/gather);
+    by default ``model.save_pretrained(folder)``.
+    """
+    root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"checkpoint-{step:06d}"
+    tmp = root / f".checkpoint-{step:06d}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    if save_fn is None:
+        model.save_pretrained(tmp, safe_serialization=True)
+    else:
+        save_fn(model, tmp)
+    if processor is not None:
+        processor.save_pretrained(tmp)
+    ts = tmp / "trainer_state"
+    ts.mkdir()
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), ts / "optimizer.pt")
+    if scheduler is not None:
+        torch.save(scheduler.state_dict(), ts / "scheduler.pt")
+    rng = rng_state()
+    torch.save({"torch": rng["torch"]}, ts / "rng.pt")
+    py_state = rng["python"]
+    meta = {"step": step, "samples_seen": state.samples_seen if state else 0,
+            "extra": state.extra if state else {},
+            "python_rng": [py_state[0], list(py_state[1]), py_state[2]]}
+    (ts / "state.json").write_text(json.dumps(meta, indent=1))
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    if final.exists():  # re-saving the same step (e.g. the final save after a periodic one)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    if keep_last is not None and keep_last > 0:
+        for old in list_checkpoints(root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_trainer_state(ckpt: str | os.PathLike, optimizer=None, scheduler=None, restore_rng: bool = True) -> TrainerState:
+    """Restore optimizer / scheduler / RNG from ``ckpt/trainer_state`` (weights are loaded by the caller)."""
+    ts = Path(ckpt) / "trainer_state"
+    if not (ts / "state.json").is_file():
+        raise FileNotFoundError(f"{ckpt} is not a resumable checkpoint (no trainer_state/state.json)")
+    meta = json.loads((ts / "state.json").read_text())
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(ts / "optimizer.pt", weights_only=True))
+    if scheduler is not None:
+        scheduler.load_state_dict(torch.load(ts / "scheduler.pt", weights_only=True))
+    if restore_rng:
+        torch.set_rng_state(torch.load(ts / "rng.pt", weights_only=True)["torch"])
+        v, internal, gauss = meta["python_rng"]
+        random.setstate((v, tuple(internal), gauss))
+    return TrainerState(step=int(meta["step"]), samples_seen=int(meta["samples_seen"]), extra=meta["extra"])

@@ -1,0 +1,294 @@
+"""DOPD token routing: per-token statistics, thresholds and regime masks (method.md §2–§4).
+
+Pure torch. The flow for one optimiser step (method.md §6 step 3):
+
+    stats  = token_stats(teacher_priv_logits_B_R_V, student_priv_logits_B_R_V, response_ids_B_R, response_mask_B_R)
+    thr    = compute_thresholds([stats of every micro-batch of the step], routing)   # threshold_scope "step"
+    masks  = route("dopd4", response_mask_B_R, stats, thr)   # {"LH","LL","HT","HS"} -> bool [B, R]
+
+Shape legend: B sequences, R response tokens, V vocabulary, N valid (non-pad) response tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from dopd_vlm.divergences import TOPK_SUPPORTS, TOPK_TAILS, log_prob_at
+
+ROUTERS = ("all", "dopd4")
+ROUTER_REGIMES = {"all": ("ALL",), "dopd4": ("LH", "LL", "HT", "HS")}
+NORMALIZATIONS = ("none", "zscore", "minmax")
+THRESHOLD_SCOPES = ("step", "micro_batch", "global")
+LEAN_BACKWARDS = ("fused", "checkpoint")
+
+
+@dataclass
+class RoutingConfig:
+    """Routing and loss options (method.md §3–§5, §8); the training config's ``routing`` section.
+
+    Every field is a plain str/int/float so ``routing.key=value`` overrides work. [P] = stated in
+    the DOPD paper, [D] = project decision (method.md marks these; the paper is silent).
+    """
+
+    # Each statistic's mean drops values above this quantile (paper: "discard the top 5% of
+    # outliers"); 1.0 keeps all. [D] per-statistic quantile, method.md §3.
+    outlier_quantile: float = 0.95
+    # Per-statistic normalisation before the comparisons: none | zscore | minmax. [D] method.md §3.
+    normalization: str = "none"
+    # Token set the thresholds are computed over: step (all micro-batches of one optimiser step on
+    # this rank) | micro_batch | global (all ranks). The trainer acts on it. [D] method.md §3.
+    threshold_scope: str = "step"
+    # K of the top-K support of the LH / LL / HS regimes. [P] method.md §4.
+    topk: int = 128
+    # Whose top-K indices form the support: target | student | union. [D] method.md §4.
+    topk_support: str = "target"
+    # Mass outside the support: renorm (log-softmax over K) | bucket (one tail bucket). [D] method.md §4.
+    topk_tail: str = "renorm"
+    # Both logits are divided by this before the divergence (not the routing statistics). [D] method.md §4.
+    loss_temperature: float = 1.0
+    # β_w, weight of the LL ("weak self") regime. [P] method.md §4.
+    beta_w: float = 0.3
+    # β_l, weight of the LH and HS regimes. [P] method.md §4.
+    beta_l: float = 0.6
+    # β of the generalised JSD used by ``jsd`` regimes (OPSD 0.5 [P]; GKD reuses it [D]) method.md §8.
+    jsd_beta: float = 0.5
+    # Slice logits to this many entries (embedding padding makes lm_head wider than the tokenizer);
+    # 0 = use the logits as they are. [D] design.md "Known traps".
+    vocab_size: int = 0
+    # Rows (response tokens) per chunk of the memory-lean path, dopd_vlm.lean. [D]
+    lean_chunk_size: int = 256
+    # Memory-lean backward: fused (gradients formed chunk by chunk in the forward, no recompute) |
+    # checkpoint (torch.utils.checkpoint per chunk). [D] see dopd_vlm/lean.py.
+    lean_backward: str = "fused"
+
+    def __post_init__(self) -> None:
+        def fail(field: str, why: str) -> None:
+            raise ValueError(f"routing.{field}={getattr(self, field)!r}: {why}")
+
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = {"float": (int, float), "int": (int,), "str": (str,)}[f.type]
+            if isinstance(value, bool) or not isinstance(value, expected):
+                fail(f.name, f"expected {f.type}")
+        if not 0.0 < self.outlier_quantile <= 1.0:
+            fail("outlier_quantile", "must lie in (0, 1]")
+        if self.normalization not in NORMALIZATIONS:
+            fail("normalization", f"expected one of {NORMALIZATIONS}")
+        if self.threshold_scope not in THRESHOLD_SCOPES:
+            fail("threshold_scope", f"expected one of {THRESHOLD_SCOPES}")
+        if self.topk < 1:
+            fail("topk", "must be ≥ 1")
+        if self.topk_support not in TOPK_SUPPORTS:
+            fail("topk_support", f"expected one of {TOPK_SUPPORTS}")
+        if self.topk_tail not in TOPK_TAILS:
+            fail("topk_tail", f"expected one of {TOPK_TAILS}")
+        if not self.loss_temperature > 0.0:
+            fail("loss_temperature", "must be > 0")
+        for name in ("beta_w", "beta_l"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                fail(name, "must lie in [0, 1]")
+        if not self.beta_w < self.beta_l:
+            fail("beta_w", f"the paper requires beta_w < beta_l (beta_l={self.beta_l}), method.md §4")
+        if not 0.0 <= self.jsd_beta <= 1.0:
+            fail("jsd_beta", "must lie in [0, 1]")
+        if self.vocab_size < 0:
+            fail("vocab_size", "must be ≥ 0 (0 = no slicing)")
+        if self.lean_chunk_size < 1:
+            fail("lean_chunk_size", "must be ≥ 1")
+        if self.lean_backward not in LEAN_BACKWARDS:
+            fail("lean_backward", f"expected one of {LEAN_BACKWARDS}")
+
+
+def slice_vocab(logits_B_R_Vpad: Tensor, vocab_size: int) -> Tensor:
+    """Drop embedding-padding columns: ``[..., :vocab_size]`` (0 = keep all) (design.md "Known traps")."""
+    if vocab_size == 0:
+        return logits_B_R_Vpad
+    if logits_B_R_Vpad.shape[-1] < vocab_size:
+        raise ValueError(
+            f"logits have {logits_B_R_Vpad.shape[-1]} vocabulary entries, fewer than routing.vocab_size={vocab_size}"
+        )
+    return logits_B_R_Vpad[..., :vocab_size]
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    """Per-token statistics at the sampled token (method.md §2), float32, ``[B, R]``.
+
+    ``logq_T_B_R = log π_T(y_n | x, p, y_<n)`` (teacher_priv), ``logq_S_B_R = log π_S(y_n | x, p,
+    y_<n)`` (student_priv); ``mask_B_R`` the valid response tokens. Values at padding are ignored.
+    """
+
+    logq_T_B_R: Tensor
+    logq_S_B_R: Tensor
+    mask_B_R: Tensor
+
+    def __post_init__(self) -> None:
+        if not (self.logq_T_B_R.shape == self.logq_S_B_R.shape == self.mask_B_R.shape):
+            raise ValueError(
+                f"TokenStats shapes differ: logq_T {tuple(self.logq_T_B_R.shape)}, "
+                f"logq_S {tuple(self.logq_S_B_R.shape)}, mask {tuple(self.mask_B_R.shape)}"
+            )
+        if self.mask_B_R.dtype != torch.bool:
+            raise ValueError(f"TokenStats.mask_B_R must be bool, got {self.mask_B_R.dtype}")
+
+    @property
+    def gap_B_R(self) -> Tensor:
+        """Privilege advantage gap ``A_n = |log q_T − log q_S|`` (method.md §2)."""
+        return (self.logq_T_B_R - self.logq_S_B_R).abs()
+
+    def valid_values(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(A_N, q_S_N, q_T_N)`` over the valid tokens: what thresholds are computed from."""
+        return (
+            self.gap_B_R[self.mask_B_R],
+            self.logq_S_B_R[self.mask_B_R].exp(),
+            self.logq_T_B_R[self.mask_B_R].exp(),
+        )
+
+
+@torch.no_grad()
+def token_stats(
+    teacher_priv_logits_B_R_V: Tensor,
+    student_priv_logits_B_R_V: Tensor,
+    response_ids_B_R: Tensor,
+    response_mask_B_R: Tensor,
+    vocab_size: int = 0,
+) -> TokenStats:
+    """``log q_T`` and ``log q_S`` at the sampled tokens from dense logits (method.md §2), no grad.
+
+    Statistics use the policies themselves (temperature 1), not the loss temperature [D].
+    """
+    teacher_B_R_V = slice_vocab(teacher_priv_logits_B_R_V, vocab_size)
+    student_B_R_V = slice_vocab(student_priv_logits_B_R_V, vocab_size)
+    return TokenStats(
+        logq_T_B_R=log_prob_at(teacher_B_R_V, response_ids_B_R),
+        logq_S_B_R=log_prob_at(student_B_R_V, response_ids_B_R),
+        mask_B_R=response_mask_B_R,
+    )
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Batch thresholds of method.md §3, as Python floats (one host sync per optimiser step).
+
+    ``gap``, ``q_S``, ``q_T``: outlier-trimmed means of ``A``, ``q_S``, ``q_T`` (raw scale).
+    Normalisation maps ``x ↦ (x − shift) / scale`` per statistic (identity for ``none``);
+    ``qsum`` is the LH/LL threshold ``q̄_S' + q̄_T'`` in normalised space. ``num_tokens`` = tokens
+    the thresholds were computed over (0 → all NaN; nothing is routed then).
+    """
+
+    gap: float
+    q_S: float
+    q_T: float
+    q_S_shift: float
+    q_S_scale: float
+    q_T_shift: float
+    q_T_scale: float
+    num_tokens: int
+
+    @property
+    def qsum(self) -> float:
+        return (self.q_S - self.q_S_shift) / self.q_S_scale + (self.q_T - self.q_T_shift) / self.q_T_scale
+
+
+def _trim(values_N: Tensor, quantile: float) -> Tensor:
+    """Values at or below their ``quantile`` (method.md §3 [D]: "discard the top 5% of outliers")."""
+    if quantile >= 1.0:
+        return values_N
+    cutoff = torch.quantile(values_N, quantile)
+    return values_N[values_N <= cutoff]
+
+
+def _affine(kept_N: Tensor, normalization: str) -> tuple[float, float]:
+    """``(shift, scale)`` of the per-statistic normalisation, fitted on the kept values [D] §3.
+
+    The paper discards outliers, then normalises, then averages; a zero spread keeps scale 1.
+    """
+    if normalization == "none":
+        return 0.0, 1.0
+    if normalization == "zscore":
+        shift, spread = kept_N.mean().item(), kept_N.std(unbiased=False).item()
+    elif normalization == "minmax":
+        shift, spread = kept_N.min().item(), (kept_N.max() - kept_N.min()).item()
+    else:
+        raise ValueError(f"unknown normalization {normalization!r}; expected one of {NORMALIZATIONS}")
+    return shift, (spread if spread > 0.0 else 1.0)
+
+
+@torch.no_grad()
+def compute_thresholds(stats: TokenStats | Sequence[TokenStats], routing: RoutingConfig | None = None) -> Thresholds:
+    """Thresholds ``Ā, q̄_S, q̄_T`` over the valid tokens of ``stats`` (method.md §3).
+
+    Pass the stats of every micro-batch of the optimiser step (``threshold_scope: step``), or of one
+    micro-batch (``micro_batch``), or the all-gathered values of every rank (``global``: build one
+    ``TokenStats`` from the gathered tensors). Each statistic is trimmed at its own
+    ``outlier_quantile`` before averaging; every token is still routed and trained.
+    """
+    routing = RoutingConfig() if routing is None else routing
+    stats_list = [stats] if isinstance(stats, TokenStats) else list(stats)
+    if not stats_list:
+        raise ValueError("compute_thresholds: no TokenStats given")
+    parts = [s.valid_values() for s in stats_list]
+    gap_N, q_S_N, q_T_N = (torch.cat([p[i].double() for p in parts]) for i in range(3))
+    if gap_N.numel() == 0:
+        nan = float("nan")
+        return Thresholds(nan, nan, nan, 0.0, 1.0, 0.0, 1.0, num_tokens=0)
+    q = routing.outlier_quantile
+    kept_q_S, kept_q_T = _trim(q_S_N, q), _trim(q_T_N, q)
+    q_S_shift, q_S_scale = _affine(kept_q_S, routing.normalization)
+    q_T_shift, q_T_scale = _affine(kept_q_T, routing.normalization)
+    return Thresholds(
+        gap=_trim(gap_N, q).mean().item(),
+        q_S=kept_q_S.mean().item(),
+        q_T=kept_q_T.mean().item(),
+        q_S_shift=q_S_shift,
+        q_S_scale=q_S_scale,
+        q_T_shift=q_T_shift,
+        q_T_scale=q_T_scale,
+        num_tokens=int(gap_N.numel()),
+    )
+
+
+@torch.no_grad()
+def route(
+    router: str,
+    response_mask_B_R: Tensor,
+    stats: TokenStats | None = None,
+    thresholds: Thresholds | None = None,
+) -> dict[str, Tensor]:
+    """Boolean masks ``[B, R]`` by regime name; they partition the valid tokens (method.md §4).
+
+    ``all``: ``{"ALL": response_mask}``. ``dopd4`` (needs ``stats``; ``thresholds`` default to the
+    thresholds of ``stats`` alone):
+      LH: ``A < Ā`` and ``q_S' + q_T' ≥ q̄_S' + q̄_T'``;  LL: ``A < Ā`` and ``q_S' + q_T' < q̄_S' + q̄_T'``;
+      HT: ``A ≥ Ā`` and ``q_T ≥ q_S``;                  HS: ``A ≥ Ā`` and ``q_T < q_S``
+    (``'`` = the configured normalisation; ``q_T ≥ q_S`` is compared in log space, same order).
+    """
+    if response_mask_B_R.dtype != torch.bool:
+        raise ValueError(f"response_mask must be bool, got {response_mask_B_R.dtype}")
+    if router == "all":
+        return {"ALL": response_mask_B_R.clone()}
+    if router != "dopd4":
+        raise ValueError(f"unknown router {router!r}; expected one of {ROUTERS}")
+    if stats is None:
+        raise ValueError("router 'dopd4' needs TokenStats (teacher_priv and student_priv log-probs)")
+    if stats.mask_B_R.shape != response_mask_B_R.shape:
+        raise ValueError(
+            f"stats are {tuple(stats.mask_B_R.shape)} but response_mask is {tuple(response_mask_B_R.shape)}"
+        )
+    thr = compute_thresholds(stats) if thresholds is None else thresholds
+    low_gap_B_R = stats.gap_B_R.double() < thr.gap
+    q_S_B_R, q_T_B_R = stats.logq_S_B_R.double().exp(), stats.logq_T_B_R.double().exp()
+    qsum_B_R = (q_S_B_R - thr.q_S_shift) / thr.q_S_scale + (q_T_B_R - thr.q_T_shift) / thr.q_T_scale
+    confident_B_R = qsum_B_R >= thr.qsum
+    teacher_ahead_B_R = stats.logq_T_B_R >= stats.logq_S_B_R
+    valid_B_R = response_mask_B_R
+    return {
+        "LH": valid_B_R & low_gap_B_R & confident_B_R,
+        "LL": valid_B_R & low_gap_B_R & ~confident_B_R,
+        "HT": valid_B_R & ~low_gap_B_R & teacher_ahead_B_R,
+        "HS": valid_B_R & ~low_gap_B_R & ~teacher_ahead_B_R,
+    }
