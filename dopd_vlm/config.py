@@ -355,14 +355,14 @@ class TrainConfig:
 class SFTDataConfig:
     dataset_path: str = ""
     split: str = "train"
-    view: str = "plain"  # plain | privileged: which prompt the model is trained on [D]
+    view: str = "plain"  # plain | privileged | mixed (alternate per step): the prompt trained on [D]
     privileged_kinds: list[str] = field(default_factory=lambda: ["regions"])
     target: str = "answer"  # answer | solution: the supervised response [D]
     max_samples: int = 0
 
     def __post_init__(self):
-        if self.view not in ("plain", "privileged"):
-            raise ValueError(f"view must be plain|privileged, got {self.view!r}")
+        if self.view not in ("plain", "privileged", "mixed"):
+            raise ValueError(f"view must be plain|privileged|mixed, got {self.view!r}")
         if self.target not in ("answer", "solution"):
             raise ValueError(f"target must be answer|solution, got {self.target!r}")
 

@@ -1,11 +1,140 @@
-"""TODO(issue): not implemented yet."""
+"""Supervised fine-tuning: warm-start a student (plain view) or a teacher (privileged view).
+
+    dopd-vlm sft CONFIG.yaml [key=value ...]
+
+Cross-entropy on the response tokens only (the record's ``answer`` or ``privileged.solution``,
+followed by EOS), after the chosen view's prompt. The same adapters, collator and scoring inputs
+as distillation, so a warm-started checkpoint is scored exactly as it was trained.
+"""
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
+from dopd_vlm.config import SFTConfig, field_help, load_config, save_config
+
 
 def add_arguments(parser) -> None:
-    parser.add_argument("config", nargs="?", help="YAML config")
+    parser.add_argument("config", nargs="?", default=None, help="YAML preset (optional)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides. Keys:\n" + field_help(SFTConfig))
 
 
 def run(args) -> int:
-    raise SystemExit("dopd-vlm: this command is not implemented yet")
+    overrides = list(args.overrides)
+    config = args.config
+    if config is not None and "=" in config:  # no YAML, only overrides
+        overrides.insert(0, config)
+        config = None
+    sft(load_config(SFTConfig, config, overrides))
+    return 0
+
+
+def response_tensors(texts: list[str], tokenizer, eos_id: int, pad_id: int):
+    """``(ids_B_R, mask_B_R)``: each text tokenised (no specials) + EOS, right padded."""
+    import torch
+
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] + [eos_id] for t in texts]
+    R = max(len(r) for r in rows)
+    ids = torch.full((len(rows), R), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), R), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r)
+        mask[i, :len(r)] = True
+    return ids, mask
+
+
+def sft_target(record: dict, target: str) -> str:
+    if target == "answer":
+        value = record.get("answer")
+    else:
+        value = (record.get("privileged") or {}).get("solution")
+    if not value:
+        raise ValueError(f"record {record.get('id')!r}, field {target!r}: empty; SFT needs a target text")
+    return str(value)
+
+
+def sft(cfg: SFTConfig) -> Path:
+    import torch
+    from accelerate.utils import set_seed
+    from datasets import DatasetDict, load_from_disk
+    from tqdm.auto import tqdm
+
+    from dopd_vlm.checkpoint import TrainerState, save_checkpoint
+    from dopd_vlm.collate import collate
+    from dopd_vlm.sources import resolve_dataset, resolve_model
+    from dopd_vlm.step import trained_logits
+    from dopd_vlm.train import cosine_with_warmup, data_order, load_policy, make_accelerator, param_groups
+
+    out = Path(cfg.run.output_dir)
+    acc = make_accelerator(mixed_precision=cfg.run.mixed_precision)
+    set_seed(cfg.optim.seed)
+    with acc.main_process_first():
+        model_path = resolve_model(cfg.model.model_name_or_path, out)
+        data_path = resolve_dataset(cfg.data.dataset_path, out)
+    data = load_from_disk(data_path)
+    if isinstance(data, DatasetDict):
+        data = data[cfg.data.split]
+    if cfg.data.max_samples:
+        data = data.select(range(min(cfg.data.max_samples, len(data))))
+    pol = load_policy(model_path, cfg.model.dtype, cfg.model.trust_remote_code, cfg.model.attn_implementation,
+                      acc.device)
+    model = pol.model
+    model.train()
+    opt = torch.optim.AdamW(param_groups(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.model.freeze_vision,
+                                         cfg.model.vision_lr_scale), lr=cfg.optim.lr)
+    sched = cosine_with_warmup(opt, int(cfg.optim.warmup_ratio * cfg.optim.max_steps), cfg.optim.max_steps)
+    model, opt, sched = acc.prepare(model, opt, sched)
+    unwrapped = acc.unwrap_model(model)
+    tok = pol.adapter.tokenizer(pol.processor)
+    eos_id = pol.adapter.eos_token_ids(unwrapped, pol.processor)[0]
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        (out / "metrics.jsonl").write_text("")
+    B = cfg.optim.batch_size
+    t_start = time.perf_counter()
+    step = 0
+    bar = tqdm(total=cfg.optim.max_steps, desc=f"sft ({cfg.data.view})", disable=not acc.is_local_main_process,
+               dynamic_ncols=True)
+    while step < cfg.optim.max_steps:
+        idx = data_order(len(data), cfg.optim.seed, True, step * B * acc.num_processes + acc.process_index * B, B)
+        records = [data[i] for i in idx]
+        view = {"plain": "plain", "privileged": "priv", "mixed": ("plain", "priv")[step % 2]}[cfg.data.view]
+        kinds = cfg.data.privileged_kinds if view == "priv" else []
+        batch = collate(records, pol.processor, pol.adapter, kinds, views=(view,))[view].to(acc.device)
+        ids, mask = response_tensors([sft_target(r, cfg.data.target) for r in records], tok, eos_id,
+                                     batch.pad_token_id)
+        ids, mask = ids.to(acc.device), mask.to(acc.device)
+        logits_B_R_V = trained_logits(model, unwrapped, pol.adapter, batch, ids, batch.vocab_size)
+        logp_B_R = torch.log_softmax(logits_B_R_V.float(), -1).gather(-1, ids[..., None]).squeeze(-1)
+        # per-sequence mean over response tokens, then batch mean (as Eq. 11 does for distillation)
+        loss = -((logp_B_R * mask).sum(-1) / mask.sum(-1)).mean()
+        acc.backward(loss)
+        if cfg.optim.max_grad_norm > 0:
+            acc.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        first_ok = (logits_B_R_V.argmax(-1)[:, 0] == ids[:, 0]).float().mean().item()
+        if acc.is_main_process and step % cfg.run.log_every == 0:
+            with open(out / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps({"step": step, "loss": loss.item(), "first_token_acc": first_ok,
+                                     "lr": sched.get_last_lr()[0]}) + "\n")
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{first_ok:.2f}")
+        if cfg.optim.time_budget_s and time.perf_counter() - t_start > cfg.optim.time_budget_s:
+            acc.print(f"time budget of {cfg.optim.time_budget_s:.0f}s reached at step {step}")
+            break
+    bar.close()
+    acc.wait_for_everyone()
+    path = out / f"checkpoint-{step:06d}"
+    if acc.is_main_process:
+        path = save_checkpoint(out, step, unwrapped, pol.processor, opt, sched,
+                               TrainerState(step=step, samples_seen=step * B, extra={}),
+                               keep_last=cfg.run.save_total_limit)
+    acc.wait_for_everyone()
+    return path

@@ -128,6 +128,16 @@ def load_policy(path: str, dtype: str, trust_remote_code: bool, attn_implementat
     return Policy(model, processor, adapter)
 
 
+def make_accelerator(**kwargs):
+    """An ``Accelerator``; several processes without CUDA run DDP over gloo on the CPU (accelerate
+    only picks MULTI_CPU when told ``cpu=True``; without it each process silently trains alone)."""
+    import torch
+    from accelerate import Accelerator
+
+    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(cpu=multi_process and not torch.cuda.is_available(), **kwargs)
+
+
 def _jsonable(metrics: dict) -> dict:
     out = {}
     for k, v in metrics.items():
@@ -148,7 +158,6 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
 def train(cfg: TrainConfig) -> Path:
     """Run on-policy distillation as configured; returns the final checkpoint folder."""
     import torch
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from datasets import DatasetDict, load_from_disk
     from tqdm.auto import tqdm
@@ -160,8 +169,8 @@ def train(cfg: TrainConfig) -> Path:
     from dopd_vlm.tables import get_table
 
     out = Path(cfg.run.output_dir)
-    accelerator = Accelerator(mixed_precision=cfg.run.mixed_precision,
-                              log_with=cfg.run.report_to or None, project_dir=str(out))
+    accelerator = make_accelerator(mixed_precision=cfg.run.mixed_precision,
+                                   log_with=cfg.run.report_to or None, project_dir=str(out))
     table = get_table(cfg.table)
     set_seed(cfg.optim.seed + accelerator.process_index)
 
@@ -183,6 +192,12 @@ def train(cfg: TrainConfig) -> Path:
                          f"{world} processes")
     local_prompts = cfg.optim.prompts_per_step // world
 
+    resume_ckpt = None
+    if cfg.run.resume_from:
+        resume_ckpt = latest_checkpoint(out) if cfg.run.resume_from == "latest" else Path(cfg.run.resume_from)
+        if resume_ckpt is None:
+            raise SystemExit(f"resume_from=latest but no checkpoint in {out}")
+        student_path = str(resume_ckpt)  # save_pretrained weights: loaded like any checkpoint
     student = load_policy(student_path, cfg.model.dtype, cfg.model.trust_remote_code,
                           cfg.model.attn_implementation, accelerator.device)
     teacher = None
@@ -211,22 +226,10 @@ def train(cfg: TrainConfig) -> Path:
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     student.model = model
 
-    # ---- resume
+    # ---- resume (the student's weights were loaded from the checkpoint itself, above)
     state = TrainerState(step=0, samples_seen=0, extra={})
-    if cfg.run.resume_from:
-        ckpt = latest_checkpoint(out) if cfg.run.resume_from == "latest" else Path(cfg.run.resume_from)
-        if ckpt is None:
-            raise SystemExit(f"resume_from=latest but no checkpoint in {out}")
-        from safetensors.torch import load_file
-
-        unwrapped = accelerator.unwrap_model(model)
-        weights = {}
-        for f in sorted(ckpt.glob("*.safetensors")):
-            weights.update(load_file(str(f)))
-        missing, unexpected = unwrapped.load_state_dict(weights, strict=False)
-        if unexpected or [m for m in missing if "lm_head" not in m]:  # lm_head may be tied
-            raise SystemExit(f"{ckpt}: weights do not match the student (missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]})")
+    if resume_ckpt is not None:
+        ckpt = resume_ckpt
         state = load_trainer_state(ckpt, optimizer, scheduler)
         accelerator.print(f"resumed from {ckpt} at step {state.step}")
 
@@ -290,13 +293,29 @@ def train(cfg: TrainConfig) -> Path:
     return final
 
 
+def _check_replicas(accelerator, model) -> None:
+    """Under DDP every rank must hold the same weights after a step (gradients were all-reduced);
+    a drift means a forward bypassed the wrapper. One float per rank, so cheap enough to check."""
+    import torch
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type not in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        return
+    total = torch.stack([p.detach().double().sum() for p in accelerator.unwrap_model(model).parameters()]).sum()
+    sums = accelerator.gather(total.reshape(1).to(accelerator.device))
+    if not torch.allclose(sums, sums[0].expand_as(sums), rtol=1e-9, atol=0):
+        raise RuntimeError(f"DDP replicas diverged: parameter sums per rank {sums.tolist()}")
+
+
 def _save(accelerator, out, state, student, optimizer, scheduler, keep_last, save_checkpoint) -> Path:
     accelerator.wait_for_everyone()
+    _check_replicas(accelerator, student.model)
+    state_dict = accelerator.get_state_dict(student.model)  # collective under FSDP / ZeRO-3: every rank
     path = out / f"checkpoint-{state.step:06d}"
     if accelerator.is_main_process:
         def save_fn(model, folder):
             accelerator.unwrap_model(model).save_pretrained(
-                folder, safe_serialization=True, state_dict=accelerator.get_state_dict(model))
+                folder, safe_serialization=True, state_dict=state_dict)
 
         path = save_checkpoint(out, state.step, student.model, student.processor, optimizer, scheduler, state,
                                keep_last=keep_last, save_fn=save_fn)
