@@ -24,8 +24,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dopd_vlm.privileged import LEAK_POLICIES, AnswerLeakError, contains_answer, privileged_text_for_leak_check, \
-    render_privileged
+from dopd_vlm.privileged import (
+    LEAK_POLICIES,
+    AnswerLeakError,
+    contains_answer,
+    privileged_text_for_leak_check,
+    render_privileged,
+)
 
 from .records import RecordError, record_features, validate_record
 
@@ -85,9 +90,14 @@ class Summary:
 
 
 # ------------------------------------------------------------------------------ finalising
-def finalize_record(rec: dict, kinds: list[str], templates: dict | None = None) -> tuple[dict, bool]:
-    """Validate, render ``privileged_context`` (canonical absolute boxes) -> (record, leaks answer)."""
+def finalize_record(rec: dict, kinds: list[str] | None, templates: dict | None = None) -> tuple[dict, bool]:
+    """Validate, render ``privileged_context`` (canonical absolute boxes) -> (record, leaks answer).
+
+    ``kinds=None`` keeps the kinds the record was built with (``meta.privileged_kinds``; re-imports).
+    """
     validate_record(rec)
+    if kinds is None:
+        kinds = list(rec["meta"].get("privileged_kinds") or [])
     size = rec["meta"].get("image_size")
     rec["privileged_context"] = render_privileged(rec["privileged"], kinds, templates, "abs_xyxy", size)
     leak = contains_answer(privileged_text_for_leak_check(rec["privileged"], kinds, templates),
@@ -124,8 +134,14 @@ def _empty_row(rid: str) -> dict:
 
 
 def convert_dataset(ds, convert, ctx: BuildContext, kinds: list[str], templates: dict | None = None,
-                    on_error: str = "skip", num_proc: int | None = None, desc: str = "converting"):
-    """Map source rows to records -> (records Dataset with _leak column, skipped [{index, id, reason}])."""
+                    on_error: str = "skip", num_proc: int | None = None, desc: str = "converting",
+                    work_dir: str | os.PathLike | None = None):
+    """Map source rows to records -> (records Dataset with _leak column, skipped [{index, id, reason}]).
+
+    ``work_dir``: where ``datasets.map`` writes its Arrow file (instead of the shared HF cache).
+    """
+    import uuid
+
     from datasets import Features, Value
 
     if on_error not in ("skip", "stop"):
@@ -136,18 +152,29 @@ def convert_dataset(ds, convert, ctx: BuildContext, kinds: list[str], templates:
             rec = convert(row, ctx, idx)
             rec, leak = finalize_record(rec, kinds, templates)
             return {**rec, "_skip": None, "_cat": None, "_index": idx, "_leak": leak}
-        except (SkipRow, RecordError) as e:
+        except (SkipRow, RecordError, KeyError, TypeError, ValueError, IndexError) as e:
+            # KeyError / TypeError / ...: a row whose nested values do not have the documented shape
             if on_error == "stop":
-                raise RecordError(ctx.record_id(f"row{idx}"), "<row>", f"source row {idx}: {e} (--on-error stop)") from e
-            category = f"invalid {e.field}" if isinstance(e, RecordError) else str(e).split(":")[0]
+                raise RecordError(ctx.record_id(f"row{idx}"), "<row>", f"source row {idx}: {type(e).__name__}: {e} "
+                                                                       "(--on-error stop)") from e
+            if isinstance(e, RecordError):
+                category = f"invalid {e.field}"
+            elif isinstance(e, SkipRow):
+                category = str(e).split(":")[0]
+            else:
+                category, e = "malformed row", SkipRow(f"malformed row: {type(e).__name__}: {e}")
             rid = e.record_id if isinstance(e, RecordError) and e.record_id else ctx.record_id(f"row{idx}")
             return {**_empty_row(rid), "_skip": str(e) or type(e).__name__, "_cat": category, "_index": idx,
                     "_leak": False}
 
     feats = Features({**record_features(), "_skip": Value("string"), "_cat": Value("string"),
                       "_index": Value("int64"), "_leak": Value("bool")})
+    # A fresh fingerprint: nothing is reused from a cache, and datasets does not hash the converter's
+    # closure (which can hold a whole CLEVR scene file).
     out = ds.map(fn, with_indices=True, remove_columns=ds.column_names, features=feats,
-                 num_proc=num_proc if num_proc and num_proc > 1 else None, desc=desc, load_from_cache_file=False)
+                 num_proc=num_proc if num_proc and num_proc > 1 else None, desc=desc, load_from_cache_file=False,
+                 new_fingerprint=uuid.uuid4().hex,
+                 cache_file_name=str(Path(work_dir) / "converted.arrow") if work_dir is not None else None)
     skip_col = out["_skip"]
     skipped_idx = [i for i, s in enumerate(skip_col) if s is not None]
     skipped = []
@@ -161,7 +188,10 @@ def convert_dataset(ds, convert, ctx: BuildContext, kinds: list[str], templates:
 def records_dataset(records: list[dict]):
     from datasets import Dataset
 
-    return Dataset.from_list(records, features=record_features())
+    feats = record_features()
+    if not records:  # from_list([]) would drop the schema
+        return Dataset.from_dict({k: [] for k in feats}, features=feats)
+    return Dataset.from_list(records, features=feats)
 
 
 # ---------------------------------------------------------------------------- contamination
@@ -204,13 +234,14 @@ def eval_image_hashes(path: str | os.PathLike) -> set[str]:
                 or (isinstance(f, List) and isinstance(f.feature, Image))]
         if not cols:
             raise ValueError(f"evaluation set {p}: no Image columns in features {list(ds.features)}")
-        ds = ds.cast({c: (Image(decode=False) if isinstance(ds.features[c], Image) else List(Image(decode=False)))
-                      for c in cols})
         for c in cols:
-            for v in ds[c]:
-                for im in (v if isinstance(v, list) else [v]):
-                    if im is not None:
-                        hashes.add(image_content_hash(im))
+            ds = ds.cast_column(c, Image(decode=False) if isinstance(ds.features[c], Image) else List(Image(decode=False)))
+        for batch in ds.select_columns(cols).iter(batch_size=256):  # batches: eval sets can be GBs of images
+            for c in cols:
+                for v in batch[c]:
+                    for im in (v if isinstance(v, list) else [v]):
+                        if im is not None:
+                            hashes.add(image_content_hash(im))
     return hashes
 
 
@@ -220,8 +251,13 @@ def drop_contaminated(ds, eval_hashes: set[str]):
 
     if not eval_hashes or len(ds) == 0:
         return ds, 0
-    raw = ds.cast_column("images", List(Image(decode=False)))
-    keep = [i for i, ims in enumerate(raw["images"]) if not any(image_content_hash(im) in eval_hashes for im in ims)]
+    raw = ds.select_columns(["images"]).cast_column("images", List(Image(decode=False)))
+    keep, i = [], 0
+    for batch in raw.iter(batch_size=256):
+        for ims in batch["images"]:
+            if not any(image_content_hash(im) in eval_hashes for im in ims):
+                keep.append(i)
+            i += 1
     return ds.select(keep), len(ds) - len(keep)
 
 
@@ -247,7 +283,8 @@ def write_outputs(splits: dict, out_dir: str | os.PathLike, summaries: list[Summ
     try:
         dd = DatasetDict({name: ds.remove_columns([c for c in _PRIVATE if c in ds.column_names])
                           for name, ds in splits.items()})
-        dd.save_to_disk(str(tmp))
+        # An empty split saved with the default 0 shards cannot be loaded back (datasets 5.2).
+        dd.save_to_disk(str(tmp), num_shards={k: 1 for k, v in dd.items() if len(v) == 0} or None)
         if parquet:
             (tmp / "parquet").mkdir()
             for name, ds in dd.items():

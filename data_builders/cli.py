@@ -1,11 +1,136 @@
-"""TODO(issue 6): `dopd-vlm build`."""
+"""Build a privileged dataset: `dopd-vlm build SOURCE --out DIR [options]`.
+
+SOURCE is a builder name (see `--list`). `synthetic_scenes` needs no input and works offline;
+every other builder reads `--source` (a Hub id, or local parquet / json / jsonl files or a
+`save_to_disk` folder; path-valued images are looked up under `--image-root`).
+
+The output folder is written atomically (temporary folder, then rename): a `datasets` DatasetDict
+(`datasets.load_from_disk(DIR)`), `build_summary.json` (rows kept, skipped with reasons, leak and
+contamination counts, source revision), and optional `parquet/` and `jsonl/` copies.
+
+Examples:
+  dopd-vlm build synthetic_scenes --out data/scenes --limit 1000 --privileged regions
+  dopd-vlm build scienceqa --source derek-thomas/ScienceQA --split train --out data/sqa
+  dopd-vlm build gsm8k --source gsm8k_train.parquet --out data/gsm8k --privileged hints
+"""
 
 from __future__ import annotations
 
+import sys
+
 
 def add_arguments(parser) -> None:
-    parser.add_argument("source", help="builder name")
+    from .registry import builder_names
+
+    parser.add_argument("builder", metavar="SOURCE", nargs="?", help=f"builder name: {', '.join(builder_names())}")
+    parser.add_argument("--list", action="store_true", help="list the builders and their Hub ids, then exit")
+    parser.add_argument("--out", help="output folder (created atomically; see --overwrite)")
+    parser.add_argument("--source", help="Hub id or local path (parquet / json / jsonl file, folder of them, "
+                                         "save_to_disk folder, CLEVR root); default: the builder's Hub id")
+    parser.add_argument("--config", help="dataset config (Hub) if the source has several")
+    parser.add_argument("--split", help="split to build (synthetic_scenes: train or test; default both)")
+    parser.add_argument("--revision", help="Hub revision (commit, tag or branch) to load and record")
+    parser.add_argument("--image-root", help="folder that path-valued images are relative to")
+    parser.add_argument("--privileged", help="comma-separated privileged kinds rendered into privileged_context "
+                                             "(regions, boxes, captions, hints, rationale, solution, lecture, ocr, "
+                                             "scene_graph, program, answer); default: the builder's")
+    parser.add_argument("--limit", type=int, help="at most N rows per split")
+    parser.add_argument("--num-proc", type=int, default=1, help="processes for the row conversion")
+    parser.add_argument("--on-error", choices=("skip", "stop"), default="skip",
+                        help="malformed rows: skip them (counted, with reasons; the default, project decision) "
+                             "or stop the build at the first one")
+    parser.add_argument("--leak-policy", choices=("error", "drop", "keep"), default="keep",
+                        help="rows whose privileged text states the final answer: fail, drop, or keep them "
+                             "flagged in meta (default keep, project decision: counts are always reported)")
+    parser.add_argument("--exclude-images", action="append", default=[], metavar="EVAL_SET",
+                        help="drop rows whose image appears (by pixel hash) in this evaluation set: a folder of "
+                             "images, a datasets folder, or a parquet/json/jsonl file (repeatable)")
+    parser.add_argument("--parquet", action="store_true", help="also write parquet/<split>.parquet")
+    parser.add_argument("--jsonl", action="store_true", help="also write jsonl/<split>.jsonl with image files")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="builder option, e.g. mode=direct (aokvqa), hold_out=false (captions) (repeatable)")
+    g = parser.add_argument_group("synthetic_scenes")
+    g.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    g.add_argument("--layout", choices=("grid", "free"), default="grid",
+                   help="grid: 84x84, 3x3 cells of 28 px (the CPU demo); free: 224x224, 3-7 objects")
+    g.add_argument("--families", help="comma-separated question families (count, exist, query, compare, spatial, "
+                                      "extreme [the default six], count_color, color_at, shape_of_color), or 'demo' "
+                                      "for the demo's four (count_color, color_at, exist, shape_of_color)")
+    g.add_argument("--caption-style", choices=("cells", "slots"), default="cells",
+                   help="grid captions: 'cells' (colour shape at row r column c; ...) or 'slots' (the 9 cells in "
+                        "row-major order, 'empty' where no object is)")
+    g.add_argument("--n-test", type=int, help="test-split size when both splits are built (default: --limit or 200)")
+
+
+def _kinds(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    from dopd_vlm.privileged import canonical_kind
+
+    kinds = [k.strip() for k in text.split(",") if k.strip() and k.strip() != "none"]
+    for k in kinds:
+        canonical_kind(k)  # fail early on a typo
+    return kinds
+
+
+def _options(items: list[str]) -> dict:
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"dopd-vlm build: --option needs KEY=VALUE, got {item!r}")
+        out[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return out
 
 
 def run(args) -> int:
-    raise SystemExit("dopd-vlm build: not implemented yet")
+    from .registry import describe_builders
+
+    if args.list:
+        print(describe_builders())
+        return 0
+    if not args.builder:
+        print("dopd-vlm build: name a SOURCE builder (see --list)", file=sys.stderr)
+        return 2
+    if not args.out:
+        print("dopd-vlm build: --out DIR is required", file=sys.stderr)
+        return 2
+    kinds = _kinds(args.privileged)
+    if args.builder == "synthetic_scenes":
+        from . import scenes
+        from .synthetic import DEFAULT_N, build_synthetic
+
+        if args.split not in (None, "train", "test"):
+            print(f"dopd-vlm build synthetic_scenes: --split must be train or test, got {args.split!r}", file=sys.stderr)
+            return 2
+        n_train = args.limit if args.limit is not None else DEFAULT_N["train"]
+        n_test = args.n_test if args.n_test is not None else (args.limit if args.limit is not None else DEFAULT_N["test"])
+        if args.split == "train":
+            n_test = 0
+        elif args.split == "test":
+            n_train = args.limit if args.limit is not None else DEFAULT_N["test"]
+            n_test, n_train = n_train, 0
+        if args.families == "demo":
+            families = scenes.DEMO_FAMILIES
+        else:
+            families = tuple(f.strip() for f in args.families.split(",")) if args.families else scenes.DEFAULT_FAMILIES
+        dd = build_synthetic(args.out, n_train, n_test, seed=args.seed, layout=args.layout,
+                             privileged_kinds=kinds if kinds is not None else scenes.DEFAULT_KINDS,
+                             families=families, leak_policy=args.leak_policy, parquet=args.parquet,
+                             jsonl=args.jsonl, overwrite=args.overwrite, caption_style=args.caption_style)
+        print(f"wrote {args.out}: " + ", ".join(f"{k} {len(v)}" for k, v in dd.items()))
+        return 0
+
+    from .sources import SourceError, run_source_build
+
+    try:
+        run_source_build(args.builder, out=args.out, source=args.source, config=args.config, split=args.split,
+                         revision=args.revision, image_root=args.image_root, kinds=kinds, limit=args.limit,
+                         num_proc=args.num_proc, on_error=args.on_error, leak_policy=args.leak_policy,
+                         exclude_images=args.exclude_images, parquet=args.parquet, jsonl=args.jsonl,
+                         overwrite=args.overwrite, options=_options(args.option))
+    except (SourceError, FileExistsError) as e:
+        print(f"dopd-vlm build {args.builder}: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -220,6 +220,8 @@ def make_record(*, id: str, source: dict, images: list, question: str, answer: s
         if k not in priv:
             raise RecordError(id, f"privileged.{k}", f"unknown privileged field; known: {PRIVILEGED_FIELDS}")
         priv[k] = v
+    if priv["answer"] is None:
+        priv["answer"] = answer  # the "final answer" privilege of the paper's ablation (Table 5), for every source
     m = dict(meta or {})
     if image_size is not None:
         m["image_size"] = [int(image_size[0]), int(image_size[1])]

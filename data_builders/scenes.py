@@ -25,7 +25,8 @@ indices of the objects in relation ``rel`` to object ``i``, question ``program``
 
 Question families (one-word answers): ``count``, ``exist``, ``query`` (an attribute of a unique
 object), ``compare`` (more X than Y), ``spatial`` (is there an X left of / right of / above / below
-the Y), ``extreme`` (attribute of the leftmost / rightmost / topmost / bottommost object).
+the Y), ``extreme`` (attribute of the leftmost / rightmost / topmost / bottommost object); and the
+demo's narrower ``count_color``, ``color_at``, ``shape_of_color`` (``DEMO_FAMILIES``).
 """
 
 from __future__ import annotations
@@ -44,8 +45,14 @@ COLORS = {
 BACKGROUND = (128, 128, 128)
 SHAPES = ("circle", "square", "triangle")
 SIZES_PX = {"small": 20, "large": 32}  # free layout (project decision)
-FAMILIES = ("count", "exist", "query", "compare", "spatial", "extreme")
+FAMILIES = ("count", "exist", "query", "compare", "spatial", "extreme",
+            # the narrower templates of demo-notes.md (grid layout): count of a colour, colour at
+            # (row, column), shape of the uniquely coloured object
+            "count_color", "color_at", "shape_of_color")
 BINARY_FAMILIES = ("exist", "compare", "spatial")
+# Project decision (demo-notes.md): the four one-token-answer families the CPU demo was measured on.
+DEMO_FAMILIES = ("count_color", "color_at", "exist", "shape_of_color")
+DEFAULT_FAMILIES = FAMILIES[:6]
 RELATIONS = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
 EXTREMES = ("leftmost", "rightmost", "topmost", "bottommost")
 FREE_GAP_PX = 4  # project decision: boxes never touch each other or the border
@@ -66,7 +73,9 @@ class Layout:
 
 
 LAYOUTS = {
+    # demo-notes.md: 3x3 cells of 28 px, 2-6 objects, 4 colours
     "grid": Layout("grid", 84, 2, 6, ("red", "green", "blue", "yellow")),
+    # data.md: 3-7 objects; 224 px = 8 x 28 = 7 x 32 (whole patches for patch 14 and patch 16) - project decision
     "free": Layout("free", 224, 3, 7, tuple(COLORS)),
 }
 
@@ -157,7 +166,8 @@ def render_scene(scene: dict):
 
 # ------------------------------------------------------------------------------ descriptions
 def _label(o: dict) -> str:
-    return " ".join(v for v in (o["size"], o["color"], o["shape"]) if v)
+    # CLEVR scenes also have a material; synthetic objects do not.
+    return " ".join(v for v in (o["size"], o["color"], o.get("material"), o["shape"]) if v)
 
 
 def _where(o: dict) -> str:
@@ -168,9 +178,20 @@ def describe(o: dict) -> str:
     return _label(o) + _where(o)
 
 
-def caption(scene: dict) -> str:
-    """Grid: objects in reading order with their cell; free: objects from left to right."""
+CAPTION_STYLES = ("cells", "slots")
+
+
+def caption(scene: dict, style: str = "cells") -> str:
+    """Grid: objects in reading order with their cell (``cells``), or ``slots``: the 9 cells in
+    row-major order, "empty" where no object is, without numbers (demo-notes.md's untested idea of a
+    short fixed-length list); free layout: objects from left to right."""
+    if style not in CAPTION_STYLES:
+        raise ValueError(f"caption style must be one of {CAPTION_STYLES}, got {style!r}")
     objs = scene["objects"]
+    if scene["layout"] == "grid" and style == "slots":
+        n = LAYOUTS["grid"].grid
+        at = {(o["row"], o["column"]): _label(o) for o in objs}
+        return ", ".join(at.get((r, c), "empty") for r in range(1, n + 1) for c in range(1, n + 1)) + "."
     if scene["layout"] == "grid":
         return "; ".join(describe(o) for o in objs) + "."
     objs = sorted(objs, key=lambda o: o["pixel_coords"][0])
@@ -270,6 +291,24 @@ def make_question(rng: random.Random, scene: dict, family: str, layout: Layout) 
         desc = {a: (src[a] if rng.random() < 0.75 else rng.choice(attrs_all[a])) for a in kind}
         p.add("count", [p.select(desc)])
         q = f"How many {_phrase(desc, plural=True)} are there?"
+    elif family == "count_color":
+        desc = {"color": rng.choice(layout.colors)}
+        p.add("count", [p.select(desc)])
+        q = f"How many {_phrase(desc, plural=True)} are there?"
+    elif family == "color_at":
+        if layout.name != "grid":
+            raise ValueError("question family 'color_at' needs the grid layout")
+        target = rng.choice(objs)
+        desc = {"row": target["row"], "column": target["column"]}
+        p.add("query_color", [p.add("unique", [p.select(desc)])])
+        q = f"What color is the {_phrase(desc)}?"
+    elif family == "shape_of_color":
+        target = rng.choice(objs)
+        desc = {"color": target["color"]}
+        if sum(_matches(o, desc) for o in objs) != 1:
+            raise NoQuestion
+        p.add("query_shape", [p.add("unique", [p.select(desc)])])
+        q = f"What shape is the {_phrase(desc)}?"
     elif family == "exist":
         # Half the time ask about an object that is present, so that yes/no are balanced.
         if rng.random() < 0.5:
@@ -409,7 +448,7 @@ def execute_program(program: list[dict], scene: dict) -> tuple[str, list[str]]:
             raise ProgramError(f"node {k}: unknown function {fn!r}")
         vals.append(v)
         arg = f"[{', '.join(vi)}]" if vi else ""
-        trace.append(f"{fn}{arg}: {_describe_value(v, scene)}")
+        trace.append(f"{fn}{arg}: {_describe_value(v, scene)}.")
     return _describe_value(vals[-1], scene), trace
 
 
@@ -453,7 +492,7 @@ def program_hints(program: list[dict]) -> list[str]:
 
 # ------------------------------------------------------------------------------- generation
 def generate(n: int, seed: int = 0, split: str = "train", layout: str = "grid",
-             families: tuple[str, ...] | list[str] = FAMILIES, start: int = 0):
+             families: tuple[str, ...] | list[str] = DEFAULT_FAMILIES, start: int = 0):
     """Yield ``(scene, question, image)`` for indices ``start .. start + n - 1`` (one question each).
 
     The question family of each item is drawn uniformly; a scene that cannot host an unambiguous
@@ -495,18 +534,26 @@ def generate(n: int, seed: int = 0, split: str = "train", layout: str = "grid",
 
 
 def write_clevr(out_dir: str | Path, split: str, items: list[tuple[dict, dict, object]], seed: int) -> Path:
-    """CLEVR v1.0 layout: images/<split>/*.png, scenes/CLEVR_<split>_scenes.json, questions/..."""
+    """CLEVR v1.0 layout: images/<split>/*.png, scenes/CLEVR_<split>_scenes.json, questions/...
+
+    ``items`` are ``(scene, question, image)`` with the image as PIL or PNG bytes.
+    """
     out = Path(out_dir)
     (out / "images" / split).mkdir(parents=True, exist_ok=True)
     (out / "scenes").mkdir(exist_ok=True)
     (out / "questions").mkdir(exist_ok=True)
     info = {"version": "1.0", "generator": "dopd_vlm synthetic scenes", "seed": seed, "split": split}
     for scene, _, image in items:
-        image.save(out / "images" / split / scene["image_filename"])
-    with open(out / "scenes" / f"CLEVR_{split}_scenes.json", "w") as f:
-        json.dump({"info": info, "scenes": [s for s, _, _ in items]}, f)
-    with open(out / "questions" / f"CLEVR_{split}_questions.json", "w") as f:
-        json.dump({"info": info, "questions": [q for _, q, _ in items]}, f)
+        path = out / "images" / split / scene["image_filename"]
+        if isinstance(image, bytes):  # already PNG-encoded (the record's bytes)
+            path.write_bytes(image)
+        else:
+            image.save(path)
+    # one dumps + write: json.dump's many small writes are several times slower
+    (out / "scenes" / f"CLEVR_{split}_scenes.json").write_text(
+        json.dumps({"info": info, "scenes": [s for s, _, _ in items]}))
+    (out / "questions" / f"CLEVR_{split}_questions.json").write_text(
+        json.dumps({"info": info, "questions": [q for _, q, _ in items]}))
     return out
 
 
@@ -521,7 +568,7 @@ VARIANTS = {  # the privileged variants of data.md, by name -> kinds
 }
 
 
-def scene_record(scene: dict, question: dict, image, seed: int) -> dict:
+def scene_record(scene: dict, question: dict, image, seed: int, caption_style: str = "cells") -> dict:
     """A record (``records.py`` schema) with every privileged signal of the scene filled in."""
     from dopd_vlm.privileged import redact_answer
 
@@ -536,7 +583,7 @@ def scene_record(scene: dict, question: dict, image, seed: int) -> dict:
         images=[img], image_size=size, question=question["question"], answer=answer,
         instruction=INSTRUCTION_WORD,
         privileged={
-            "captions": [caption(scene)],
+            "captions": [caption(scene, caption_style)],
             "regions": regions(scene),
             "rationale": trace,
             "hints": [redact_answer(h, answer) for h in program_hints(question["program"])],
@@ -545,5 +592,24 @@ def scene_record(scene: dict, question: dict, image, seed: int) -> dict:
             "answer": answer,
         },
         meta={"question_family": question["question_family"], "layout": scene["layout"], "seed": seed,
+              "caption_style": caption_style,
               "image_filename": scene["image_filename"]},
     )
+
+
+def corpus_sentences(n: int = 300, seed: int = 0) -> list[str]:
+    """Every kind of text the generator emits (questions, answers, instructions, privileged text of
+    every kind, in both layouts), for training a tiny tokenizer whose words are single tokens.
+
+    Answers are listed bare as well as after a space: an answer starts the assistant turn.
+    """
+    from dopd_vlm.privileged import KINDS, render_privileged
+
+    out: list[str] = []
+    for layout, families in (("grid", DEMO_FAMILIES), ("grid", DEFAULT_FAMILIES), ("free", DEFAULT_FAMILIES)):
+        for scene, q, image in generate(n, seed, "corpus", layout, families):
+            rec = scene_record(scene, q, image, seed)
+            out += [rec["prompt"][0]["content"][-1]["text"], q["answer"], " " + q["answer"],
+                    "Caption: " + caption(scene, "slots")]
+            out += [render_privileged(rec["privileged"], [k], image_size=rec["meta"]["image_size"]) for k in KINDS]
+    return [t for t in out if t]

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +28,15 @@ class SourceBuilder:
     hub_ids: tuple[str, ...]  # accepted Hub ids; the first is the default --source
     required: tuple[str, ...]  # columns a source must have (checked against dataset.features)
     convert: Callable  # (row: dict, ctx: BuildContext, index: int) -> record
-    default_kinds: tuple[str, ...]  # privileged kinds rendered when --privileged is not given
+    default_kinds: tuple[str, ...] | None  # kinds rendered without --privileged (None: the record's own)
     default_split: str = "train"
     default_config: str | None = None
     json_field: str | None = None  # JSON files whose rows sit under one key ({"questions": [...]})
     dedupe_key: Callable | None = None  # question -> key; later duplicates are skipped (DAPO-Math)
     doc: str = ""
     options: dict = field(default_factory=dict)
+    # Local layouts that are not one table (CLEVR): (path, split) -> (Dataset, options, default image root)
+    load_local: Callable | None = None
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -48,18 +53,34 @@ def _files_revision(files: list[Path]) -> str:
     return "sha256:" + h.hexdigest()[:16]
 
 
+SPLIT_NAMES = ("train", "validation", "val", "test", "dev")
+
+
+def _file_split(f: Path) -> str | None:
+    """The split a file belongs to in Hub layouts (data/train-00000-of-00001.parquet, test.jsonl, val/...)."""
+    for name in SPLIT_NAMES:
+        if re.match(rf"{name}(?![a-z])", f.name) or name in f.parent.parts[-1:]:
+            return name
+    return None
+
+
 def _split_files(files: list[Path], split: str | None) -> list[Path]:
-    """Hub layouts name files by split (data/train-00000-of-00001.parquet, test.jsonl, ...)."""
-    if split is None:
+    """The files of ``split`` when the files are named by split; all files when none is."""
+    if split is None or len(files) == 1:
         return files
-    tagged = [f for f in files if f.name.startswith(split) or f"/{split}/" in f.as_posix()
-              or f.name.split("-")[0] == split]
-    return tagged or files
+    tags = {f: _file_split(f) for f in files}
+    if not any(tags.values()):
+        return files
+    chosen = [f for f, t in tags.items() if t == split]
+    if not chosen:
+        raise SourceError(f"no files of split {split!r} among {[f.name for f in files]} "
+                          f"(splits found: {sorted({t for t in tags.values() if t})})")
+    return chosen
 
 
 def load_local(path: str | os.PathLike, split: str | None, json_field: str | None = None) -> dict:
     """Local files -> {split name: Dataset}. ``split=None`` returns every split found."""
-    from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+    from datasets import DatasetDict, load_dataset, load_from_disk
 
     p = Path(path)
     if p.is_dir() and ((p / "dataset_dict.json").exists() or (p / "state.json").exists()):
@@ -102,9 +123,10 @@ def load_hub(hub_id: str, config: str | None, split: str, revision: str | None):
     try:
         ds = load_dataset(hub_id, config, split=split, revision=revision)
     except Exception as e:  # connection, offline mode, missing repo or config: all end the build
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
-        hint = (" The Hub is not reachable here (HF_HUB_OFFLINE=1): download the dataset on a machine with "
-                "network access and pass its local files or save_to_disk folder with --source PATH."
+        offline = (os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+                   or isinstance(e, ConnectionError) or "ConnectionError" in type(e).__name__)
+        hint = (" The Hub is not reachable from here (offline mode or no network): download the dataset on a "
+                "machine with network access and pass its local files or save_to_disk folder with --source PATH."
                 if offline else " Check the id, --config and --split, or pass local files with --source PATH.")
         raise SourceError(f"cannot load {hub_id!r} (config {config!r}, split {split!r}) from the Hugging Face "
                           f"Hub: {type(e).__name__}: {str(e)[:300]}.{hint}") from e
@@ -128,7 +150,9 @@ def undecoded_images(ds):
             casts[name] = Image(decode=False)
         elif isinstance(f, (List, Sequence)) and isinstance(f.feature, Image):
             casts[name] = List(Image(decode=False))
-    return ds.cast(casts) if casts else ds
+    for name, feature in casts.items():
+        ds = ds.cast_column(name, feature)
+    return ds
 
 
 def check_columns(ds, builder: SourceBuilder, source: str) -> None:
@@ -139,13 +163,25 @@ def check_columns(ds, builder: SourceBuilder, source: str) -> None:
                           "(shared/docs/data.md); the dataset card may have changed.")
 
 
+def _local_name(p: Path) -> str:
+    """Dataset name of a local source in record ids: its folder, or folder/stem for a file."""
+    p = p.resolve()
+    return f"{p.parent.name}/{p.stem}" if p.is_file() else p.name
+
+
 def load_source(builder: SourceBuilder, source: str | None, config: str | None, split: str,
                 revision: str | None):
-    """-> (Dataset with undecoded images, dataset name for ids, revision)."""
-    if source is not None and Path(source).exists():
+    """-> (Dataset with undecoded images, dataset name for ids, revision, options, default image root)."""
+    options, image_root = {}, None
+    if source is not None and Path(source).exists() and builder.load_local is not None:
+        ds, options, image_root = builder.load_local(Path(source), split)
+        name, rev = _local_name(Path(source)), local_revision(source)
+    elif source is not None and Path(source).exists():
         ds = load_local(source, split, builder.json_field)[split]
-        name, rev = Path(source).resolve().name, local_revision(source)
-        name = Path(source).stem if Path(source).is_file() else name
+        name, rev = _local_name(Path(source)), local_revision(source)
+    elif not builder.hub_ids:
+        raise SourceError(f"{builder.name} reads local files only: pass --source PATH"
+                          + (f" ({source} does not exist)" if source is not None else ""))
     else:
         ids = (source,) if source is not None else builder.hub_ids
         errors = []
@@ -161,7 +197,7 @@ def load_source(builder: SourceBuilder, source: str | None, config: str | None, 
                 errors.append(f"(no local file or folder named {source!r} either)")
             raise SourceError("\n".join(errors))
     check_columns(ds, builder, source or name)
-    return undecoded_images(ds), name, rev
+    return undecoded_images(ds), name, rev, options, image_root
 
 
 # ------------------------------------------------------------------------------------ running
@@ -174,54 +210,72 @@ def run_source_build(builder_name: str, out: str, source: str | None = None, con
     """Build one split of one source into ``out`` -> the written DatasetDict (reloaded)."""
     from datasets import load_from_disk
 
-    from .build import BuildContext, Summary, convert_dataset, drop_contaminated, eval_image_hashes, write_outputs
+    from dopd_vlm.privileged import LEAK_POLICIES, AnswerLeakError
+
+    from .build import (
+        BuildContext,
+        Summary,
+        convert_dataset,
+        drop_contaminated,
+        eval_image_hashes,
+        write_outputs,
+    )
     from .registry import get_builder
 
     b = get_builder(builder_name)
     split = split or b.default_split
-    kinds = list(kinds) if kinds is not None else list(b.default_kinds)
+    if kinds is None and b.default_kinds is not None:
+        kinds = list(b.default_kinds)
+    if leak_policy not in LEAK_POLICIES:
+        raise ValueError(f"leak policy must be one of {LEAK_POLICIES}, got {leak_policy!r}")
     if Path(out).exists() and not overwrite:
         raise FileExistsError(f"output folder {out} exists; pass --overwrite to replace it")
     if image_root is not None and not Path(image_root).is_dir():
         raise SourceError(f"--image-root {image_root} is not a folder")
-    ds, name, rev = load_source(b, source, config, split, revision)
+    ds, name, rev, src_options, src_image_root = load_source(b, source, config, split, revision)
     rows_in = len(ds)
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     ctx = BuildContext(dataset=name, config=config or b.default_config, split=split, revision=rev,
-                       image_root=image_root, options={**b.options, **(options or {})})
-    recs, skipped = convert_dataset(ds, b.convert, ctx, kinds, on_error=on_error, num_proc=num_proc,
-                                    desc=f"{b.name} {split}")
-    if b.dedupe_key is not None:
-        recs, dups = dedupe(recs, b.dedupe_key)
-        skipped += dups
-    leaks = recs["_leak"]
-    from dopd_vlm.privileged import AnswerLeakError
-
-    n_leak = sum(leaks)
-    if leak_policy == "error" and n_leak:
-        first = recs[leaks.index(True)]["id"]
-        raise AnswerLeakError(f"{n_leak} record(s) have privileged text stating the final answer, first {first!r} "
-                              "(leak policy 'error'; use --leak-policy drop or keep)")
-    if leak_policy == "drop" and n_leak:
-        recs = recs.select([i for i, lk in enumerate(leaks) if not lk])
-    leak = {"policy": leak_policy, "checked": len(leaks), "leaked": n_leak,
-            "dropped": n_leak if leak_policy == "drop" else 0, "kept_with_leak": n_leak if leak_policy == "keep" else 0}
-    n_cont = 0
-    if exclude_images:
-        hashes: set[str] = set()
-        for p in exclude_images:
-            hashes |= eval_image_hashes(p)
-        recs, n_cont = drop_contaminated(recs, hashes)
-    summ = Summary(split=split, rows_in=len(ds), kept=len(recs), skipped=skipped, leak=leak,
-                   contamination_dropped=n_cont)
-    if not quiet:
-        print(summ.text())
-    write_outputs({split: recs}, out, [summ], parquet=parquet, jsonl=jsonl, overwrite=overwrite,
-                  extra={"builder": b.name, "source": {"dataset": name, "config": ctx.config, "split": split,
-                                                       "revision": rev, "given": source},
-                         "rows_in_source": rows_in, "limit": limit, "privileged_kinds": kinds,
-                         "image_root": image_root, "exclude_images": list(exclude_images)})
+                       image_root=image_root if image_root is not None else src_image_root,
+                       options={**b.options, **src_options, **(options or {})})
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    # map's Arrow files go to a work folder next to the output (not the shared HF cache), removed at the end
+    work = Path(tempfile.mkdtemp(prefix=f".{Path(out).name}.work-", dir=Path(out).parent))
+    try:
+        recs, skipped = convert_dataset(ds, b.convert, ctx, kinds, on_error=on_error, num_proc=num_proc,
+                                        desc=f"{b.name} {split}", work_dir=work)
+        if b.dedupe_key is not None:
+            recs, dups = dedupe(recs, b.dedupe_key)
+            skipped += dups
+        leaks = recs["_leak"]
+        n_leak = sum(leaks)
+        if leak_policy == "error" and n_leak:
+            first = recs[leaks.index(True)]["id"]
+            raise AnswerLeakError(f"{n_leak} record(s) have privileged text stating the final answer, first "
+                                  f"{first!r} (leak policy 'error'; use --leak-policy drop or keep)")
+        if leak_policy == "drop" and n_leak:
+            recs = recs.select([i for i, lk in enumerate(leaks) if not lk])
+        leak = {"policy": leak_policy, "checked": len(leaks), "leaked": n_leak,
+                "dropped": n_leak if leak_policy == "drop" else 0,
+                "kept_with_leak": n_leak if leak_policy == "keep" else 0}
+        n_cont = 0
+        if exclude_images:
+            hashes: set[str] = set()
+            for p in exclude_images:
+                hashes |= eval_image_hashes(p)
+            recs, n_cont = drop_contaminated(recs, hashes)
+        summ = Summary(split=split, rows_in=len(ds), kept=len(recs), skipped=skipped, leak=leak,
+                       contamination_dropped=n_cont)
+        if not quiet:
+            print(summ.text())
+        write_outputs({split: recs}, out, [summ], parquet=parquet, jsonl=jsonl, overwrite=overwrite,
+                      extra={"builder": b.name, "source": {"dataset": name, "config": ctx.config, "split": split,
+                                                           "revision": rev, "given": source},
+                             "rows_in_source": rows_in, "limit": limit, "privileged_kinds": kinds,
+                             "image_root": ctx.image_root, "exclude_images": list(exclude_images)})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return load_from_disk(out)
 
 

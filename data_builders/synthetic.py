@@ -23,7 +23,7 @@ def _signature(scene: dict, question: dict) -> str:
     return json.dumps([objs, question["question"]])
 
 
-def synthetic_records(split: str, n: int, seed: int = 0, layout: str = "grid", families=S.FAMILIES,
+def synthetic_records(split: str, n: int, seed: int = 0, layout: str = "grid", families=S.DEFAULT_FAMILIES,
                       exclude: set[str] | None = None) -> tuple[list[tuple[dict, dict, object]], list[dict], set[str]]:
     """-> (items kept, skipped [{index, id, category, reason}], signatures of the kept items)."""
     kept, skipped, sigs = [], [], set()
@@ -43,11 +43,12 @@ def synthetic_records(split: str, n: int, seed: int = 0, layout: str = "grid", f
 
 def build_synthetic(out_dir: str | os.PathLike, n_train: int | None = DEFAULT_N["train"],
                     n_test: int | None = DEFAULT_N["test"], seed: int = 0, layout: str = "grid",
-                    privileged_kinds=S.DEFAULT_KINDS, families=S.FAMILIES, leak_policy: str = "keep",
+                    privileged_kinds=S.DEFAULT_KINDS, families=S.DEFAULT_FAMILIES, leak_policy: str = "keep",
                     templates: dict | None = None, clevr: bool = True, parquet: bool = False, jsonl: bool = False,
-                    overwrite: bool = False, quiet: bool = False):
+                    overwrite: bool = False, quiet: bool = False, caption_style: str = "cells"):
     """Generate, write and reload the dataset -> ``datasets.DatasetDict`` (splits with n > 0).
 
+    ``caption_style``: ``cells`` or ``slots`` (grid layout; see ``scenes.caption``).
     ``leak_policy`` defaults to ``keep`` (project decision): labels of boxes necessarily name the
     colours and shapes that perception questions ask about, and boxes with labels are the paper's
     best VLM privilege (Table 5); the flag ``meta.privileged_states_answer`` and the counts in
@@ -67,16 +68,19 @@ def build_synthetic(out_dir: str | os.PathLike, n_train: int | None = DEFAULT_N[
                                                  exclude=train_sigs if split == "test" else None)
         if split == "train":
             train_sigs = sigs
-        recs, leaks = [], []
-        for scene, q, im in items:
-            rec, leak = finalize_record(S.scene_record(scene, q, im, seed), kinds, templates)
+        from tqdm.auto import tqdm
+
+        recs, leaks, encoded = [], [], []
+        for scene, q, im in tqdm(items, desc=f"synthetic_scenes {split}", disable=quiet):
+            rec, leak = finalize_record(S.scene_record(scene, q, im, seed, caption_style), kinds, templates)
             recs.append(rec)
             leaks.append(leak)
+            encoded.append((scene, q, rec["images"][0]["bytes"]))  # reused for the CLEVR files
         recs, leak_counts = apply_leak_policy(recs, leaks, leak_policy)
         summ = Summary(split=split, rows_in=len(items) + len(skipped), kept=len(recs), skipped=skipped, leak=leak_counts)
         summaries.append(summ)
         splits[split] = records_dataset(recs)
-        raw[split] = items
+        raw[split] = encoded
         if not quiet:
             print(summ.text())
     if not splits:
@@ -88,7 +92,7 @@ def build_synthetic(out_dir: str | os.PathLike, n_train: int | None = DEFAULT_N[
                 S.write_clevr(tmp / "clevr", split, items, seed)
 
     out = write_outputs(splits, out_dir, summaries, parquet=parquet, jsonl=jsonl, overwrite=overwrite,
-                        extra={"builder": "synthetic_scenes", "layout": layout, "seed": seed,
+                        extra={"builder": "synthetic_scenes", "layout": layout, "seed": seed, "caption_style": caption_style,
                                "privileged_kinds": kinds, "families": list(families)},
                         extra_writer=write_clevr)
     return load_from_disk(str(out))

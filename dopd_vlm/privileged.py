@@ -267,13 +267,13 @@ def hints_from_trace(steps: list[str], answer: str | None, choices: list[str] | 
                      mask: str = "?") -> list[str]:
     """Step-wise hints from a worked solution, without the final answer (DOPD Table 4's LLM privilege).
 
-    Drops empty steps and the trailing conclusion steps that state the answer, strips calculator
+    Drops empty steps and the final step when it states the answer (the conclusion), strips calculator
     annotations, and masks any remaining mention of the answer, so the result never contains it.
     """
     out = [_CALC_RE.sub("", s).strip() for s in steps]
     out = [s for s in out if s]
-    while out and answer is not None and contains_answer(out[-1], answer, choices):
-        out.pop()
+    if out and answer is not None and contains_answer(out[-1], answer, choices):
+        out.pop()  # the conclusion
     if answer is not None:
         out = [redact_answer(s, answer, choices, mask) for s in out]
     return out

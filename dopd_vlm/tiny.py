@@ -88,7 +88,8 @@ def scene_corpus() -> list[str]:
     ).split()
     lines = []
     for w in colours + shapes + words:
-        lines += [f" {w}", f"{w.capitalize()} ", f" {w}s"]
+        # answers start the assistant turn without a space: bare words must be single tokens too
+        lines += [f" {w}", w, f"{w.capitalize()} ", f" {w}s"]
     sent = [
         "How many red objects are there?", "Is there a blue square?", "What color is the circle?",
         "What shape is the green object?", "Are there more red objects than blue objects?",

@@ -1,0 +1,92 @@
+"""Text-only math (the LLM case): question, final answer, worked solution -> step-wise hints.
+
+- ``gsm8k``: ``openai/gsm8k`` (config ``main``): ``question``, ``answer`` (solution, then
+  ``#### final``; calculator annotations ``<<...>>`` are removed from hints).
+- ``hendrycks_math``: ``EleutherAI/hendrycks_math`` (configs per subject, e.g. ``algebra``):
+  ``problem``, ``solution`` (final answer in the last ``\\boxed{}``), ``level``, ``type``.
+- ``openr1_math``: ``open-r1/OpenR1-Math-220k``: ``problem``, ``solution``, ``answer``, ``uuid``.
+- ``dapo_math``: ``BytedTsinghua-SIA/DAPO-Math-17k``: ``prompt`` (chat messages wrapping the
+  problem in an instruction), ``reward_model`` ({ground_truth, style}); the problem is cut out of
+  the instruction and duplicates (the file repeats each problem many times) are skipped.
+
+Privileged (DOPD Table 4's LLM privilege): ``hints`` = the solution's steps without the final
+answer; ``solution`` and ``rationale`` are kept for other ablations.
+"""
+
+from __future__ import annotations
+
+import re
+
+from dopd_vlm.privileged import hints_from_trace, split_steps
+
+from .build import SkipRow
+from .parsing import gsm8k_answer, last_boxed
+from .records import RecordError, make_record
+from .sources import SourceBuilder
+
+INSTRUCTION = "Put the final answer in \\boxed{}."  # project decision: the usual math answer format
+
+
+def _math_record(ctx, native_id, question: str, answer: str | None, solution: str | None, meta: dict) -> dict:
+    if answer is None or not str(answer).strip():
+        raise SkipRow("no final answer")
+    answer = str(answer).strip()
+    steps = split_steps(solution) if solution else []
+    return make_record(id=ctx.record_id(native_id), source=ctx.source(), images=[], question=question.strip(),
+                       answer=answer, instruction=INSTRUCTION,
+                       privileged={"solution": solution, "rationale": steps, "hints": hints_from_trace(steps, answer)},
+                       meta=meta)
+
+
+def convert_gsm8k(row, ctx, idx):
+    try:
+        solution, final = gsm8k_answer(row["answer"])
+    except ValueError as e:
+        raise RecordError(ctx.record_id(idx), "answer", str(e)) from e
+    return _math_record(ctx, idx, row["question"], final, solution, {})
+
+
+def convert_math(row, ctx, idx):
+    return _math_record(ctx, idx, row["problem"], last_boxed(row["solution"]), row["solution"],
+                        {"level": row.get("level"), "type": row.get("type")})
+
+
+def convert_openr1(row, ctx, idx):
+    return _math_record(ctx, row["uuid"] if "uuid" in row else idx, row["problem"], row["answer"], row["solution"],
+                        {"problem_type": row.get("problem_type"), "origin": row.get("source")})
+
+
+_DAPO_HEAD = re.compile(r"^.*?where \$Answer is the answer to the problem\.\s*", re.DOTALL)
+_DAPO_TAIL = re.compile(r'\s*Remember to put your answer on its own line after "Answer:"\.?\s*$')
+
+
+def dapo_problem(content: str) -> str:
+    return _DAPO_TAIL.sub("", _DAPO_HEAD.sub("", content, count=1)).strip()
+
+
+def convert_dapo(row, ctx, idx):
+    users = [m["content"] for m in row["prompt"] if m["role"] == "user"]
+    if not users:
+        raise RecordError(ctx.record_id(idx), "prompt", "no user message")
+    native = row["extra_info"]["index"] if "extra_info" in row and row["extra_info"] else idx
+    return _math_record(ctx, native, dapo_problem(users[0]), row["reward_model"]["ground_truth"], None,
+                        {"origin": row.get("data_source")})
+
+
+def normalized_question(q: str) -> str:
+    return " ".join(q.lower().split())
+
+
+GSM8K = SourceBuilder(name="gsm8k", hub_ids=("openai/gsm8k",), required=("question", "answer"), convert=convert_gsm8k,
+                      default_kinds=("hints",), default_split="train", default_config="main",
+                      doc="GSM8K: hints from the worked solution")
+HENDRYCKS_MATH = SourceBuilder(name="hendrycks_math", hub_ids=("EleutherAI/hendrycks_math",),
+                               required=("problem", "solution"), convert=convert_math, default_kinds=("hints",),
+                               default_split="train", default_config="algebra", doc="MATH (per-subject configs)")
+OPENR1_MATH = SourceBuilder(name="openr1_math", hub_ids=("open-r1/OpenR1-Math-220k",),
+                            required=("problem", "solution", "answer"), convert=convert_openr1,
+                            default_kinds=("hints",), default_split="train", doc="OpenR1-Math-220k")
+DAPO_MATH = SourceBuilder(name="dapo_math", hub_ids=("BytedTsinghua-SIA/DAPO-Math-17k",),
+                          required=("prompt", "reward_model"), convert=convert_dapo, default_kinds=(),
+                          default_split="train", dedupe_key=normalized_question,
+                          doc="DAPO-Math-17k: problems de-duplicated; no solutions")
