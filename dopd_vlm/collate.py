@@ -42,6 +42,7 @@ class ViewBatch:
     adapter: object
     pad_token_id: int
     vocab_size: int  # tokenizer size: logits are sliced to it
+    placeholder_ids: list[int] = field(default_factory=list)  # image/video placeholder token ids
     texts: list[str] = field(default_factory=list)  # rendered chat text per row (for vLLM)
     images: list[list] = field(default_factory=list)  # the PIL images per row (for vLLM)
 
@@ -123,6 +124,7 @@ def collate_messages(messages_list: list[list[dict]], images_list: list[list], p
         adapter=adapter,
         pad_token_id=adapter.pad_token_id(processor),
         vocab_size=adapter.vocab_size(processor),
+        placeholder_ids=adapter.placeholder_token_ids(processor),
         texts=[adapter.render_chat(processor, m, add_generation_prompt) for m in messages_list],
         images=[list(imgs) for imgs in images_list],
     )

@@ -237,6 +237,7 @@ class ModelConfig:
     teacher_model_name_or_path: str = ""  # the frozen privileged teacher [P: same tokenizer family]
     dtype: str = "float32"  # student weights dtype [D]; use bfloat16 + mixed_precision on GPUs
     teacher_dtype: str = ""  # "" = same as dtype [D]
+    teacher_device: str = ""  # "" = the student's device; "cpu" offloads the frozen teacher [D]
     trust_remote_code: bool = False  # security default [D]: never run checkpoint code unless asked
     attn_implementation: str = ""  # "" = the transformers default; e.g. sdpa, flash_attention_2
     gradient_checkpointing: bool = False  # trade compute for memory on the student [D]
@@ -246,7 +247,7 @@ class ModelConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    lora_target_modules: str = "all-linear"
+    lora_target_modules: str = "all-linear"  # peft keyword, or comma-separated module names
 
     def __post_init__(self):
         for name in ("dtype",) + (("teacher_dtype",) if self.teacher_dtype else ()):

@@ -25,7 +25,7 @@ ASSETS = Path(__file__).parent / "assets" / "demo"
 PRESET = Path(__file__).parent / "presets" / "demo.yaml"
 METHODS = ("vanilla_opd", "opd_priv_teacher", "dopd")
 # The data recipe of the shipped warm starts and of the demo (project decision; see warmstart_recipe)
-DATA = dict(n_train=4000, n_test=300, seed=0, layout="grid")
+DATA = dict(n_train=4000, n_test=300, seed=0, layout="grid", families="demo")
 GRID_PIXELS = 84 * 84  # 3x3 cells of 28 px -> 9 merged visual tokens (demo-notes.md)
 
 
@@ -35,7 +35,7 @@ def warmstart_recipe() -> dict:
               "optim.warmup_ratio=0.02", "run.save_total_limit=1"]
     return {
         "teacher": {"init": dict(family="qwen2_5_vl", hidden=96, layers=3, seed=11),
-                    "sft": common + ["data.view=mixed", "optim.max_steps=1500", "optim.time_budget_s=1000",
+                    "sft": common + ["data.view=mixed", "optim.max_steps=1200", "optim.time_budget_s=1800",
                                      "optim.seed=11"]},
         "student": {"init": dict(family="qwen2_5_vl", size="tiny", seed=12),
                     "sft": common + ["data.view=plain", "optim.max_steps=150", "optim.seed=12"]},
@@ -113,6 +113,7 @@ def _acc_table(rows: list[tuple[str, list[dict]]], families: list[str]) -> str:
 
 
 def run(args) -> int:
+    from data_builders.scenes import DEMO_FAMILIES
     from data_builders.synthetic import build_synthetic
     from dopd_vlm.adapters import get_adapter
     from dopd_vlm.config import TrainConfig, load_config
@@ -133,7 +134,8 @@ def run(args) -> int:
     if not (data_dir / "dataset_dict.json").exists():
         _say(f"building {DATA['n_train']} train + {DATA['n_test']} held-out synthetic scenes")
         build_synthetic(data_dir, n_train=DATA["n_train"], n_test=DATA["n_test"], seed=DATA["seed"],
-                        layout=DATA["layout"], privileged_kinds=["regions"], quiet=True, overwrite=True)
+                        layout=DATA["layout"], families=DEMO_FAMILIES, privileged_kinds=["regions"], quiet=True,
+                        overwrite=True)
 
     # 2. warm starts
     if args.rebuild or not (assets / "teacher" / "config.json").exists():

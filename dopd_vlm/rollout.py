@@ -22,7 +22,9 @@ method.md Sec. 6 [D]).
 
 Sampling uses exactly the requested knobs: checkpoint generation defaults that would change the
 distribution (repetition penalty, min-p, typical-p, ...) are neutralised, since the loss assumes
-``y`` comes from ``pi_S`` itself (project decision).
+``y`` comes from ``pi_S`` itself (project decision). The one exception: the family's image/video
+placeholder tokens are suppressed (a trained model never emits them, a random tiny one can, and
+a response holding one cannot be scored; project decision).
 
 Engine "vllm" runs the same interface on a ``vllm.LLM`` passed as ``model`` (optional dependency;
 a clear error when it is not installed).
@@ -89,16 +91,24 @@ def _sample_hf(model, processor, adapter, batch, G, max_new_tokens, temperature,
     eos_ids = adapter.eos_token_ids(model, processor)
     pad_id = batch.pad_token_id
     T = expanded.prompt_len
-    with torch.no_grad():
-        out = model.generate(
-            **expanded.model_inputs(), do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k,
-            max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id,
-            # neutralise checkpoint defaults that would make y not a sample of pi_S
-            repetition_penalty=1.0, no_repeat_ngram_size=0, typical_p=1.0, epsilon_cutoff=0.0,
-            eta_cutoff=0.0, min_p=None, top_h=None, min_new_tokens=None, bad_words_ids=None,
-            suppress_tokens=None, begin_suppress_tokens=None, num_beams=1, num_return_sequences=1,
-            output_logits=return_logprobs, return_dict_in_generate=True, synced_gpus=synced_gpus,
-        )
+    # sample from the policy itself: no dropout (eval mode), restored afterwards
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model.generate(
+                **expanded.model_inputs(), do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k,
+                max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id,
+                # neutralise checkpoint defaults that would make y not a sample of pi_S
+                repetition_penalty=1.0, no_repeat_ngram_size=0, typical_p=1.0, epsilon_cutoff=0.0,
+                eta_cutoff=0.0, min_p=None, top_h=None, min_new_tokens=None, bad_words_ids=None,
+                # image/video placeholders are never text: a response holding one could not be scored
+                suppress_tokens=batch.placeholder_ids or None, begin_suppress_tokens=None, num_beams=1,
+                num_return_sequences=1,
+                output_logits=return_logprobs, return_dict_in_generate=True, synced_gpus=synced_gpus,
+            )
+    finally:
+        model.train(was_training)
     response_ids_B_R = out.sequences[:, T:]
     mask_B_R, truncated_B = response_mask(response_ids_B_R, eos_ids)
     response_ids_B_R = response_ids_B_R.masked_fill(~mask_B_R, pad_id)
@@ -113,17 +123,23 @@ def _sample_hf(model, processor, adapter, batch, G, max_new_tokens, temperature,
 def _sample_vllm(llm, processor, adapter, batch, G, max_new_tokens, temperature, top_p, top_k,
                  return_logprobs) -> Rollouts:
     try:
-        from vllm import SamplingParams
+        from vllm import LLM, SamplingParams
     except ImportError as e:
         raise RuntimeError("engine='vllm' needs the optional vLLM package, which is not installed "
                            "(pip install vllm on a GPU machine), or use engine='hf'") from e
+    if not isinstance(llm, LLM):
+        raise TypeError(f"engine='vllm' samples from a vllm.LLM passed as `model`, got {type(llm).__name__}")
     if not batch.texts:
         raise ValueError("engine='vllm' needs the rendered prompt texts; build the batch with collate()")
     eos_ids = _vllm_eos_ids(processor, adapter)
+    # vLLM (>= 0.10) reports raw log-probs (logprobs_mode "raw_logprobs", before temperature and
+    # truncation), the same quantity as the HF path; top_k 0 disables top-k there too.
     params = SamplingParams(
-        n=G, temperature=temperature, top_p=top_p, top_k=top_k if top_k > 0 else -1, max_tokens=max_new_tokens,
+        n=G, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_new_tokens,
         stop_token_ids=eos_ids, logprobs=0 if return_logprobs else None, detokenize=False,
-        repetition_penalty=1.0, min_p=0.0,
+        repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0, min_p=0.0,
+        # image/video placeholders are never text (-100 is vLLM's floor for a logit bias)
+        logit_bias={i: -100.0 for i in batch.placeholder_ids} or None,
     )
     prompts = [{"prompt": text, "multi_modal_data": {"image": imgs}} if imgs else {"prompt": text}
                for text, imgs in zip(batch.texts, batch.images)]

@@ -10,7 +10,8 @@ each view's response starts at its own column ``T`` and the logits that predict 
 Stable API::
 
     score(model, adapter, prompt_batch, response_ids_B_R, response_mask_B_R, output="logits")
-        -> logits_B_R_V (float32 of the model's dtype, sliced to the tokenizer vocabulary)
+        -> logits_B_R_V (in the model's dtype, sliced to the tokenizer vocabulary; upcast to
+           float32 before any divergence)
            or hidden_B_R_H (final-norm output that the LM head consumes, for the memory-lean loss)
     lm_head_weight(model, adapter) -> weight_V_H (the model's full, possibly padded, LM head)
     logits_from_hidden(hidden_B_R_H, weight_V_H, vocab_size) -> logits_B_R_V (sliced)
@@ -18,8 +19,11 @@ Stable API::
     assert_same_responses(reference_B_R, *others)
     check_tokenizer_compat(student_processor, student_adapter, teacher_processor, teacher_adapter)
 
+``score`` calls the model's own top-level forward (``logits_to_keep`` = R), so a DDP-wrapped student
+synchronises its gradients; ``output="hidden"`` reads the final norm through a forward hook.
 ``score`` runs under the caller's grad mode (wrap teacher / privileged-student calls in
-``torch.no_grad()``). Rows of the output where ``response_mask_B_R`` is false are meaningless.
+``torch.no_grad()``). Rows of the output where ``response_mask_B_R`` is false are meaningless
+(the response ids there are replaced by the pad id before scoring).
 
 Shape legend: ``B`` rows, ``T`` prompt tokens, ``R`` response tokens, ``L = T + R - 1`` scored
 tokens, ``V`` tokenizer vocabulary, ``H`` hidden size.
@@ -79,15 +83,24 @@ def score(model, adapter, prompt_batch: ViewBatch, response_ids_B_R: torch.Tenso
                          "expand the prompts with batch.repeat_interleave(num_generations) first")
     if R < 1:
         raise ValueError("empty responses (R = 0)")
+    response_ids_B_R = response_ids_B_R.masked_fill(~response_mask_B_R.bool(), prompt_batch.pad_token_id)
     valid_ids = response_ids_B_R[response_mask_B_R.bool()]
     if valid_ids.numel() and (int(valid_ids.min()) < 0 or int(valid_ids.max()) >= prompt_batch.vocab_size):
         raise ValueError(f"response ids outside the tokenizer vocabulary [0, {prompt_batch.vocab_size})")
+    if prompt_batch.placeholder_ids and bool(torch.isin(valid_ids, torch.tensor(
+            prompt_batch.placeholder_ids, device=valid_ids.device)).any()):
+        raise ValueError(f"responses contain image/video placeholder ids {prompt_batch.placeholder_ids}; the model "
+                         "would splice image features there (sample_rollouts suppresses them)")
     inputs, T = build_scoring_inputs(model, adapter, prompt_batch, response_ids_B_R)
-    hidden_B_L_H = adapter.final_hidden(model, **inputs)
-    hidden_B_R_H = hidden_B_L_H[:, T - 1:]  # column T-1+j predicts response token j
+    # the scored sequence has T + R - 1 columns; its last R columns (T-1+j predicts token j) are
+    # the response positions
     if output == "hidden":
-        return hidden_B_R_H
-    return logits_from_hidden(hidden_B_R_H, lm_head_weight(model, adapter), prompt_batch.vocab_size)
+        return adapter.response_hidden(model, inputs, R)
+    logits_B_R_Vm = adapter.response_logits(model, inputs, R)
+    if logits_B_R_Vm.shape[-1] < prompt_batch.vocab_size:
+        raise ValueError(f"model logits are {logits_B_R_Vm.shape[-1]} wide, fewer than the tokenizer's "
+                         f"{prompt_batch.vocab_size} tokens")
+    return logits_B_R_Vm[..., :prompt_batch.vocab_size]
 
 
 def lm_head_weight(model, adapter) -> torch.Tensor:

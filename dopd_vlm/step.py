@@ -66,9 +66,10 @@ class StepRunner:
         cfg, acc = self.cfg, self.acc
         G = cfg.rollout.num_generations
         model = self.student.model  # possibly wrapped (DDP); the only trained policy
-        unwrapped = acc.unwrap_model(model)
+        unwrapped = self.student.hf_model  # the transformers model (LoRA layers, if any, inside)
         device = acc.device
-        batches = {k: b.to(device) for k, b in self._views(records).items()}
+        batches = {k: b.to(self.teacher.hf_model.device if k.startswith("teacher") else device)
+                   for k, b in self._views(records).items()}
 
         # 1. rollouts y ~ π_S(·|x) from the plain view [P §6.1]
         unwrapped.eval()
@@ -85,8 +86,8 @@ class StepRunner:
             for policy in sorted(self.policies - {"student_plain"}):
                 who, _view = policy.split("_", 1)
                 pol = models[who]
-                m = acc.unwrap_model(pol.model) if who == "student" else pol.model
-                targets_B_R_V[policy] = score(m, pol.adapter, expanded[policy], ids_B_R, mask_B_R).detach()
+                m = pol.hf_model
+                targets_B_R_V[policy] = score(m, pol.adapter, expanded[policy], ids_B_R, mask_B_R).detach().to(device)
         unwrapped.train()
 
         # 3. step-scoped statistics and thresholds (method.md §2-§3)

@@ -60,9 +60,14 @@ def main(argv: list[str] | None = None) -> int:
 class Policy:
     """A loaded model with its adapter and processor."""
 
-    model: object
+    model: object  # what the engine runs (wrapped by accelerate / peft for the student)
     processor: object
     adapter: object
+    hf_model: object = None  # the transformers model inside (generation, positions, no-grad scoring)
+
+    def __post_init__(self):
+        if self.hf_model is None:
+            self.hf_model = self.model
 
 
 def _is_vision_param(name: str) -> bool:
@@ -126,6 +131,11 @@ def load_policy(path: str, dtype: str, trust_remote_code: bool, attn_implementat
     model, processor = adapter.load(path, dtype=dtype, device=str(device), trust_remote_code=trust_remote_code,
                                     attn_implementation=attn_implementation or None)
     return Policy(model, processor, adapter)
+
+
+def _lora_targets(spec: str) -> str | list[str]:
+    """``all-linear`` (peft's keyword) or a comma-separated list of module names."""
+    return spec if spec == "all-linear" else [t.strip() for t in spec.split(",") if t.strip()]
 
 
 def make_accelerator(**kwargs):
@@ -197,13 +207,14 @@ def train(cfg: TrainConfig) -> Path:
         resume_ckpt = latest_checkpoint(out) if cfg.run.resume_from == "latest" else Path(cfg.run.resume_from)
         if resume_ckpt is None:
             raise SystemExit(f"resume_from=latest but no checkpoint in {out}")
-        student_path = str(resume_ckpt)  # save_pretrained weights: loaded like any checkpoint
+        if not cfg.model.use_peft:  # LoRA runs reload the base model and then the adapter (below)
+            student_path = str(resume_ckpt)  # save_pretrained weights: loaded like any checkpoint
     student = load_policy(student_path, cfg.model.dtype, cfg.model.trust_remote_code,
                           cfg.model.attn_implementation, accelerator.device)
     teacher = None
     if teacher_path:
         teacher = load_policy(teacher_path, cfg.model.teacher_dtype or cfg.model.dtype, cfg.model.trust_remote_code,
-                              cfg.model.attn_implementation, accelerator.device)
+                              cfg.model.attn_implementation, cfg.model.teacher_device or accelerator.device)
         teacher.model.requires_grad_(False).eval()  # frozen [P]
         from dopd_vlm.scoring import check_tokenizer_compat
 
@@ -214,7 +225,13 @@ def train(cfg: TrainConfig) -> Path:
 
         model = get_peft_model(model, LoraConfig(r=cfg.model.lora_r, lora_alpha=cfg.model.lora_alpha,
                                                  lora_dropout=cfg.model.lora_dropout,
-                                                 target_modules=cfg.model.lora_target_modules))
+                                                 target_modules=_lora_targets(cfg.model.lora_target_modules)))
+        if resume_ckpt is not None:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(model, load_file(str(resume_ckpt / "adapter" / "adapter_model.safetensors")))
+        student.hf_model = model.get_base_model()
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
@@ -314,8 +331,14 @@ def _save(accelerator, out, state, student, optimizer, scheduler, keep_last, sav
     path = out / f"checkpoint-{state.step:06d}"
     if accelerator.is_main_process:
         def save_fn(model, folder):
-            accelerator.unwrap_model(model).save_pretrained(
-                folder, safe_serialization=True, state_dict=state_dict)
+            unwrapped = accelerator.unwrap_model(model)
+            if unwrapped is not student.hf_model:  # LoRA: adapter (for resume) + merged model (for eval)
+                import copy
+
+                unwrapped.save_pretrained(folder / "adapter", safe_serialization=True)
+                copy.deepcopy(unwrapped).merge_and_unload().save_pretrained(folder, safe_serialization=True)
+                return
+            unwrapped.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
 
         path = save_checkpoint(out, state.step, student.model, student.processor, optimizer, scheduler, state,
                                keep_last=keep_last, save_fn=save_fn)

@@ -33,7 +33,6 @@ from dopd_vlm.privileged import canonical_kind, render_privileged
 
 # Project decision [D]: the privileged text is separated from the question by one newline.
 PRIVILEGED_SEPARATOR = "\n"
-BOX_KINDS = ("regions", "boxes", "ocr")
 
 
 class RecordError(ValueError):
@@ -98,7 +97,7 @@ def privileged_text(record: dict, privileged_kinds: str | Sequence[str], templat
     privileged = record.get("privileged") or {}
     box_format = adapter.box_format if adapter is not None else "abs_xyxy"
     image_size = target_size = None
-    if any(k in BOX_KINDS for k in kinds):
+    if _has_boxes(privileged, kinds):
         image_size = record_image_size(record)
         if image_size is not None and box_format == "abs_xyxy" and adapter is not None:
             target_size = adapter.box_target_size(processor, image_size)
@@ -107,6 +106,12 @@ def privileged_text(record: dict, privileged_kinds: str | Sequence[str], templat
                                  image_size=image_size, target_size=target_size)
     except (KeyError, ValueError, TypeError) as e:
         raise RecordError(f"record {record_id(record)!r}, field 'privileged': {e}") from e
+
+
+def _has_boxes(privileged: dict, kinds: list[str]) -> bool:
+    if ("regions" in kinds or "boxes" in kinds) and privileged.get("regions"):
+        return True
+    return "ocr" in kinds and any(o.get("bbox") for o in privileged.get("ocr") or [])
 
 
 def append_to_last_user_turn(messages: list[dict], text: str) -> list[dict]:

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import torch
 
-from dopd_vlm.adapters.base import Adapter
+from dopd_vlm.adapters.base import Adapter, unwrap_model
 
 
 class QwenVLAdapter(Adapter):
     token_extra_keys = ("mm_token_type_ids",)
+
+    def placeholder_token_ids(self, processor):
+        return [processor.image_token_id, processor.video_token_id]
 
     def split_vision(self, vision, images_per_sample):
         extra = set(vision) - {"pixel_values", "image_grid_thw"}
@@ -43,7 +46,7 @@ class QwenVLAdapter(Adapter):
     def scoring_inputs(self, model, input_ids, attention_mask, token_extras, vision):
         # 3-D M-RoPE positions from these tokens (never the rope_deltas cached by generate);
         # text positions are prepended as row 0, the layout generate uses ([4, B, L]).
-        rope_3_B_L, _ = model.model.get_rope_index(
+        rope_3_B_L, _ = unwrap_model(model).model.get_rope_index(
             input_ids, mm_token_type_ids=token_extras["mm_token_type_ids"],
             image_grid_thw=vision.get("image_grid_thw"), attention_mask=attention_mask)
         text_B_L = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)

@@ -23,8 +23,10 @@ Contract (stable; other modules build on it):
 - ``scoring_inputs(model, input_ids, attention_mask, token_extras, vision) -> dict``: keyword
   arguments for a full (no-cache) forward with the positions recomputed from these very tokens
   (never a ``rope_deltas`` cached by ``generate``).
-- ``final_hidden(model, **inputs) -> [B, L, H]``: the final-norm output that the LM head consumes;
-  ``lm_head_weight(model) -> [V_model, H]``.
+- ``placeholder_token_ids(processor)``: image/video placeholder ids, never valid in a response.
+- ``response_logits(model, inputs, R) -> [B, R, V_model]`` and ``response_hidden(model, inputs, R)
+  -> [B, R, H]`` (the final-norm output that the LM head consumes), both through the model's
+  top-level forward so distributed wrappers see the call; ``lm_head_weight(model) -> [V_model, H]``.
 
 Shape legend: ``B`` sequences, ``T`` prompt tokens, ``L`` total tokens, ``H`` hidden size.
 """
@@ -37,7 +39,8 @@ from typing import Any, ClassVar
 
 import torch
 
-BOX_FORMATS = ("abs_xyxy", "grid1000", "rel01")
+from dopd_vlm.privileged import BOX_FORMATS
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -65,6 +68,11 @@ class Adapter:
     # part of a scoring sequence is text, so extras are extended with zeros there)
     token_extra_keys: ClassVar[tuple[str, ...]] = ()
     takes_images: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.box_format not in BOX_FORMATS:
+            raise TypeError(f"{cls.__name__}.box_format {cls.box_format!r} is not one of {BOX_FORMATS}")
 
     def __init__(self, config: Any = None):
         self.config = config  # the checkpoint's transformers config, when known
@@ -134,6 +142,11 @@ class Adapter:
             raise AdapterError("neither the generation config nor the tokenizer defines an EOS token")
         return ids
 
+    def placeholder_token_ids(self, processor) -> list[int]:
+        """Token ids that stand for image/video features in a prompt. A response must not contain
+        them (the model would try to splice features in), so sampling suppresses them."""
+        return []
+
     def normalize_messages(self, messages: list[dict]) -> list[dict]:
         """Messages as the family's chat template expects them (default: unchanged)."""
         return messages
@@ -179,23 +192,46 @@ class Adapter:
         return dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                     **token_extras, **vision)
 
-    def decoder_model(self, model):
-        """The module whose ``last_hidden_state`` is the final-norm output (``model.model`` for the
-        transformers ``*ForCausalLM`` / ``*ForConditionalGeneration`` classes used here)."""
-        return model.model
+    def final_norm(self, model) -> torch.nn.Module:
+        """The decoder's final norm, whose output the LM head consumes."""
+        return unwrap_model(model).get_decoder().norm
 
-    def final_hidden(self, model, **inputs) -> torch.Tensor:
-        out = self.decoder_model(model)(**inputs, use_cache=False)
-        return out.last_hidden_state
+    def response_logits(self, model, inputs: dict, num_response: int) -> torch.Tensor:
+        """``[B, R, V_model]`` logits of the last ``num_response`` positions, through the model's own
+        top-level forward (so DDP / FSDP hooks run and gradients are synchronised)."""
+        return model(**inputs, use_cache=False, logits_to_keep=num_response).logits
+
+    def response_hidden(self, model, inputs: dict, num_response: int) -> torch.Tensor:
+        """``[B, R, H]`` final-norm outputs of the last ``num_response`` positions, read by a hook on
+        the final norm during the top-level forward (``logits_to_keep=1``: no full-vocabulary
+        logits are formed)."""
+        captured = []
+        handle = self.final_norm(model).register_forward_hook(lambda mod, args, out: captured.append(out))
+        try:
+            model(**inputs, use_cache=False, logits_to_keep=1)
+        finally:
+            handle.remove()
+        if not captured:
+            raise RuntimeError(f"{self.family}: the final norm did not run during the forward")
+        return captured[-1][:, -num_response:]
 
     def lm_head_weight(self, model) -> torch.Tensor:
-        return model.get_output_embeddings().weight
+        return unwrap_model(model).get_output_embeddings().weight
 
     # ------------------------------------------------------------------ boxes
     def box_target_size(self, processor, image_size: tuple[int, int]) -> tuple[int, int] | None:
         """Size ``(w, h)`` in which ``abs_xyxy`` boxes are expressed, when it is not the original
         image size (None: original size, or a relative format)."""
         return None
+
+
+def unwrap_model(model):
+    """The transformers model inside a distributed wrapper (DDP, DeepSpeed, FSDP1, ``torch.compile``;
+    accelerate's ``extract_model_from_parallel``; FSDP2's ``fully_shard`` does not wrap). Only
+    introspection uses it: calls that must reach the wrapper's forward take ``model`` itself."""
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(model)
 
 
 def read_model_type(name_or_path_or_config) -> tuple[str, Any]:

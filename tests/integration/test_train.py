@@ -115,3 +115,18 @@ def test_two_process_ddp_on_cpu(tmp_path, shared):
     rows = _metrics(out)
     assert [r["step"] for r in rows] == [1, 2]
     assert (out / "checkpoint-000002" / "model.safetensors").exists()
+
+
+def test_lora_run_saves_merged_checkpoint_and_resumes(tmp_path, shared):
+    pytest.importorskip("peft")
+    from transformers import AutoModelForImageTextToText
+
+    out = tmp_path / "lora"
+    lora = ["model.use_peft=true", "model.lora_r=4", "model.lora_target_modules=q_proj,v_proj", "run.plots=false"]
+    train(_cfg(shared, out, "max_steps=2", "run.stop_after_step=1", *lora))
+    ckpt = out / "checkpoint-000001"
+    assert (ckpt / "adapter" / "adapter_model.safetensors").exists()
+    merged = AutoModelForImageTextToText.from_pretrained(ckpt)  # loadable without peft
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    train(_cfg(shared, out, "max_steps=2", "run.resume_from=latest", *lora))
+    assert [r["step"] for r in _metrics(out)] == [1, 2]

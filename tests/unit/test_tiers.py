@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 PURE_MODULES = ["dopd_vlm.config", "dopd_vlm.divergences", "dopd_vlm.routing", "dopd_vlm.tables",
-                "dopd_vlm.loss", "dopd_vlm.lean", "dopd_vlm.privileged", "dopd_vlm.cli"]
+                "dopd_vlm.loss", "dopd_vlm.lean", "dopd_vlm.privileged", "dopd_vlm.cli", "dopd_vlm.evaluate",
+                "dopd_vlm.lmms_task_utils", "dopd_vlm.views", "data_builders.cli"]
 
 
 def test_pure_modules_do_not_import_heavy_libraries():
