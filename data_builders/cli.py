@@ -122,6 +122,9 @@ def run(args) -> int:
         print(f"wrote {args.out}: " + ", ".join(f"{k} {len(v)}" for k, v in dd.items()))
         return 0
 
+    from dopd_vlm.privileged import AnswerLeakError
+
+    from .records import RecordError
     from .sources import SourceError, run_source_build
 
     try:
@@ -130,7 +133,7 @@ def run(args) -> int:
                          num_proc=args.num_proc, on_error=args.on_error, leak_policy=args.leak_policy,
                          exclude_images=args.exclude_images, parquet=args.parquet, jsonl=args.jsonl,
                          overwrite=args.overwrite, options=_options(args.option))
-    except (SourceError, FileExistsError) as e:
+    except (SourceError, FileExistsError, RecordError, AnswerLeakError) as e:
         print(f"dopd-vlm build {args.builder}: {e}", file=sys.stderr)
         return 1
     return 0

@@ -71,6 +71,8 @@ def convert_trl_messages(row, ctx, idx):
 def convert_llava(row, ctx, idx):
     rid = ctx.record_id(row["id"])
     conv = row["conversations"]
+    if not (isinstance(conv, list) and all(isinstance(t, dict) and "from" in t and "value" in t for t in conv)):
+        raise RecordError(rid, "conversations", f"must be a list of {{from, value}} turns, got {type(conv).__name__}")
     human = [t["value"] for t in conv if t["from"] == "human"]
     gpt = [t["value"] for t in conv if t["from"] == "gpt"]
     if not human:

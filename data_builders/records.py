@@ -67,6 +67,8 @@ def _check_image_bytes(data: bytes, record_id: str | None, field: str) -> tuple[
             with Image.open(io.BytesIO(data)) as im:
                 size = im.size
                 im.verify()
+            with Image.open(io.BytesIO(data)) as im:  # verify() decodes nothing for JPEG / GIF / BMP
+                im.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise RecordError(record_id, field, f"image refused by Pillow's decompression-bomb limit: {e}") from e
     except Exception as e:  # PIL raises many types for corrupt data (UnidentifiedImageError, OSError, SyntaxError)
@@ -357,6 +359,8 @@ def _validate_xyxy(box, size, rid, field) -> None:
         raise RecordError(rid, field, f"must be 4 numbers [x1, y1, x2, y2], got {box!r}")
     w, h = size
     x1, y1, x2, y2 = box
+    if not all(math.isfinite(v) for v in box):
+        raise RecordError(rid, field, f"box {list(box)} has non-finite values")
     if min(box) < 0:
         raise RecordError(rid, field, f"box {list(box)} has negative coordinates")
     if x2 > w or y2 > h:

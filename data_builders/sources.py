@@ -159,7 +159,8 @@ def check_columns(ds, builder: SourceBuilder, source: str) -> None:
     missing = [c for c in builder.required if c not in ds.features]
     if missing:
         raise SourceError(f"{builder.name}: source {source!r} lacks the column(s) {missing}; it has "
-                          f"{sorted(ds.features)}. Expected the schema of {builder.hub_ids[0]} "
+                          f"{sorted(ds.features)}. Expected the schema of "
+                          f"{builder.hub_ids[0] if builder.hub_ids else f'the {builder.name} format ({builder.doc})'} "
                           "(shared/docs/data.md); the dataset card may have changed.")
 
 

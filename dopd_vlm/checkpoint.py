@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from dopd_vlm.faults import fault_point
+
 CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -38,6 +40,12 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     root = Path(output_dir)
     if not root.is_dir():
         return []
+    for old in root.glob(".checkpoint-*.old"):  # a re-save interrupted between its two renames
+        final = root / old.name[1:-len(".old")]
+        if final.exists():
+            shutil.rmtree(old)
+        else:
+            os.replace(old, final)
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := CKPT_RE.match(p.name)) and p.is_dir()]
     return [p for _, p in sorted(found)]
 
@@ -78,6 +86,7 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, model, processor, 
         model.save_pretrained(tmp, safe_serialization=True)
     else:
         save_fn(model, tmp)
+    fault_point("checkpoint.after_model", step)
     if processor is not None:
         processor.save_pretrained(tmp)
     ts = tmp / "trainer_state"
@@ -97,10 +106,16 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, model, processor, 
         if f.is_file():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-    if final.exists():  # re-saving the same step (e.g. the final save after a periodic one)
-        shutil.rmtree(final)
+    fault_point("checkpoint.before_rename", step)
+    old = root / f".checkpoint-{step:06d}.old"
+    if final.exists():  # re-saving the same step: keep the old copy until the new one is in place
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
     os.replace(tmp, final)
     _fsync_dir(root)
+    if old.exists():
+        shutil.rmtree(old)
     if keep_last is not None and keep_last > 0:
         for old in list_checkpoints(root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)

@@ -49,7 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(only=chosen if chosen in SUBCOMMANDS else "").parse_args(argv)
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except ValueError as e:
+        if not type(e).__module__.startswith(("dopd_vlm", "data_builders")):
+            raise  # a library's or a programming error keeps its traceback
+        print(f"dopd-vlm {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

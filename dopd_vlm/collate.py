@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from dopd_vlm.views import count_image_parts, record_id, render_views
+from dopd_vlm.views import RecordError, count_image_parts, record_id, render_views
 
 VIEWS = ("plain", "priv")
 
@@ -142,10 +142,23 @@ def collate(records: list[dict], processor, adapter, privileged_kinds: str | Seq
     rendered = {"plain": [], "priv": []}
     images_list = []
     for rec in records:
+        for i, im in enumerate(rec.get("images") or []):  # decode now: a truncated file names its record
+            try:
+                im.load()
+            except (OSError, SyntaxError) as e:
+                raise RecordError(f"record {record_id(rec)!r}, field 'images[{i}]': cannot decode image ({e})") from e
         plain, priv, images = render_views(rec, privileged_kinds, templates, adapter=adapter, processor=processor)
         if images and not adapter.takes_images:
             raise ValueError(f"record {record_id(rec)!r}, field 'images': the {adapter.family} model takes no images")
         rendered["plain"].append(plain)
         rendered["priv"].append(priv)
         images_list.append(images)
-    return {v: collate_messages(rendered[v], images_list, processor, adapter) for v in views}
+    out = {v: collate_messages(rendered[v], images_list, processor, adapter) for v in views}
+    limit = adapter.context_length(processor)
+    for v, batch in out.items():
+        for i, n in enumerate(batch.attention_mask_B_T.sum(-1).tolist()):
+            if n > limit:
+                field = "privileged" if v == "priv" else "prompt"
+                raise RecordError(f"record {record_id(records[i])!r}, field '{field}' ({v} view): {n} prompt tokens "
+                                  f"exceed the model's context of {limit}")
+    return out

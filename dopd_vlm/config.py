@@ -182,8 +182,11 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh) or {}
+        except (UnicodeDecodeError, yaml.YAMLError) as e:
+            raise ConfigError(f"{path}: not a readable UTF-8 YAML file: {e}") from e
         try:
             cfg = from_dict(cls, data)
         except ConfigError as e:
@@ -268,6 +271,10 @@ class DataConfig:
     def __post_init__(self):
         if self.max_samples < 0:
             raise ValueError(f"max_samples must be >= 0, got {self.max_samples}")
+        from dopd_vlm.privileged import canonical_kind
+
+        for k in self.privileged_kinds:
+            canonical_kind(k)
 
 
 @dataclass
@@ -314,8 +321,7 @@ class OptimConfig:
 class RunConfig:
     output_dir: str = "runs/dopd"
     mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate)
-    loss_impl: str = "dense"  # dense | lean (chunked from hidden states, design.md) [D]
-    loss_chunk_size: int = 256  # tokens per chunk on the lean path [D]
+    loss_impl: str = "dense"  # dense | lean (chunked from hidden states; routing.lean_* set the chunks) [D]
     log_every: int = 1
     sample_every: int = 1  # write decoded samples + per-token regimes every N steps (0 = never)
     save_every: int = 0  # 0 = only at the end
@@ -331,9 +337,12 @@ class RunConfig:
             raise ValueError(f"mixed_precision must be no|bf16|fp16, got {self.mixed_precision!r}")
         if self.loss_impl not in ("dense", "lean"):
             raise ValueError(f"loss_impl must be dense|lean, got {self.loss_impl!r}")
-        for name in ("log_every", "loss_chunk_size"):
+        for name in ("log_every", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        for name in ("save_every", "sample_every", "save_total_limit", "stop_after_step"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for r in self.report_to:
             if r not in ("tensorboard", "wandb", "trackio"):
                 raise ValueError(f"report_to: unknown tracker {r!r} (tensorboard, wandb, trackio)")
@@ -350,6 +359,11 @@ class TrainConfig:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        from dopd_vlm.tables import get_table
+
+        get_table(self.table)
 
 
 @dataclass

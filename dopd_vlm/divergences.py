@@ -46,6 +46,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _upcast(x: Tensor) -> Tensor:
+    """``x`` in the compute dtype (float32, or float64), method.md §5 "compute in float32"."""
     return x.to(compute_dtype(x.dtype))
 
 
@@ -245,8 +246,10 @@ def row_terms(
     log π_S(y)`` whose expected gradient is the reverse-KL gradient. Only the student side carries
     gradient; the target is detached here (targets are stop-grad by construction, method.md §1).
     """
-    student_N_V = _upcast(student_logits_N_V) / temperature
-    target_N_V = _upcast(target_logits_N_V.detach()) / temperature
+    student_N_V = _upcast(student_logits_N_V)
+    target_N_V = _upcast(target_logits_N_V.detach())
+    if temperature != 1.0:  # skip a [N, V] copy at the default temperature
+        student_N_V, target_N_V = student_N_V / temperature, target_N_V / temperature
     if support == "sampled":
         if divergence_name != "reverse_kl":
             raise ValueError(

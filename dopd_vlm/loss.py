@@ -38,9 +38,11 @@ from dopd_vlm.routing import (
 )
 from dopd_vlm.tables import STUDENT, Regime, RoutingTable, get_table
 
+ENTROPY_CHUNK = 256  # rows per chunk of the no-grad entropy metric [D]
+
 
 def check_batch(response_ids_B_R: Tensor, response_mask_B_R: Tensor, step_num_sequences: int | None) -> None:
-    """Boundary validation of the response tensors shared by the dense and lean paths."""
+    """Boundary validation of the response tensors (design.md house rule 10; Eq. 11 batch sizes)."""
     if response_ids_B_R.dim() != 2 or response_ids_B_R.dtype.is_floating_point or response_ids_B_R.dtype == torch.bool:
         raise ValueError(
             f"response_ids must be an integer [B, R] tensor, got {response_ids_B_R.dtype} {tuple(response_ids_B_R.shape)}"
@@ -56,7 +58,7 @@ def check_batch(response_ids_B_R: Tensor, response_mask_B_R: Tensor, step_num_se
 
 
 def check_ids(response_ids_B_R: Tensor, response_mask_B_R: Tensor, vocab: int) -> None:
-    """Every valid response id indexes the (sliced) vocabulary."""
+    """Every valid response id indexes the (sliced) vocabulary (method.md §2: ``q`` at ``y_n``)."""
     valid_ids_N = response_ids_B_R[response_mask_B_R]
     if valid_ids_N.numel() and (valid_ids_N.min() < 0 or valid_ids_N.max() >= vocab):
         raise ValueError(
@@ -97,7 +99,11 @@ def regime_terms(
 
 @dataclass
 class MetricSums:
-    """Detached running sums behind the metrics dict (shared by the dense and lean paths)."""
+    """Detached running sums behind the metrics of issue 3 / method.md §3–§5 (dense and lean paths).
+
+    Metrics are per call: with gradient accumulation ``loss/objective`` sums over micro-batches to
+    the step's Eq. 11 value; fractions and means are the micro-batch's own.
+    """
 
     table: RoutingTable
     device: torch.device
@@ -114,6 +120,7 @@ class MetricSums:
 
     @torch.no_grad()
     def add(self, regime: Regime, terms: RowTerms, coef_weight_N: Tensor) -> None:
+        """Add one regime's rows: count, divergence sum, Eq. 11 objective, top-K covered mass."""
         self.count[regime.name] += terms.value_N.shape[0]
         self.value_sum[regime.name] += terms.value_N.double().sum()
         self.objective += (coef_weight_N.double() * terms.value_N.double()).sum()
@@ -124,6 +131,7 @@ class MetricSums:
 
     @torch.no_grad()
     def add_entropy(self, entropy_N: Tensor) -> None:
+        """Add student_plain entropies (temperature 1) of valid rows."""
         self.entropy_sum += entropy_N.double().sum()
 
     def finalize(self, stats: TokenStats | None, thresholds: Thresholds | None) -> dict[str, float]:
@@ -172,8 +180,9 @@ def routed_loss(
         response_mask_B_R: True at valid (non-pad) response tokens.
         table: a ``RoutingTable`` or a registered name (``dopd_vlm.tables.TABLES``).
         routing: ``RoutingConfig``; default = method.md defaults.
-        thresholds: step-scoped thresholds from ``compute_thresholds`` over every micro-batch of the
-            step; default = computed from this call's tokens (method.md §3).
+        thresholds: the step's thresholds from ``dopd_vlm.routing.thresholds_for_scope`` (statistics
+            of every micro-batch of the step); default = computed from this call's tokens
+            (method.md §3).
         step_num_sequences: sequences in the whole optimiser step (gradient accumulation); this
             call's loss is ``Σ_b L_b / step_num_sequences``. Default = B (plain Eq. 11).
 
@@ -220,10 +229,12 @@ def routed_loss(
     student_N_V = student_B_R_V.reshape(-1, vocab)
     ids_N = response_ids_B_R.reshape(-1)
     sums = MetricSums(table, student_B_R_V.device)
-    with torch.no_grad():
-        sums.add_entropy(entropy(student_N_V[response_mask_B_R.reshape(-1)]))
-    # Zero-weighted sum keeps the loss attached to the graph when no token is valid.
-    loss = student_N_V.sum().to(dtype) * 0.0
+    valid_rows_N = response_mask_B_R.reshape(-1).nonzero().squeeze(1)
+    with torch.no_grad():  # chunked so the metric does not add [N, V] temporaries to the peak
+        for start in range(0, valid_rows_N.numel(), ENTROPY_CHUNK):
+            sums.add_entropy(entropy(student_N_V.index_select(0, valid_rows_N[start : start + ENTROPY_CHUNK])))
+    # An empty sum keeps the loss attached to the graph when no token is valid.
+    loss = student_N_V.narrow(0, 0, 0).sum().to(dtype)
     for regime in table.regimes:
         rows_n = masks_B_R[regime.name].reshape(-1).nonzero().squeeze(1)
         if rows_n.numel() == 0:

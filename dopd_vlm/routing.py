@@ -3,7 +3,7 @@
 Pure torch. The flow for one optimiser step (method.md §6 step 3):
 
     stats  = token_stats(teacher_priv_logits_B_R_V, student_priv_logits_B_R_V, response_ids_B_R, response_mask_B_R)
-    thr    = compute_thresholds([stats of every micro-batch of the step], routing)   # threshold_scope "step"
+    thr    = thresholds_for_scope([stats of every micro-batch of the step], routing)   # step | micro_batch | global
     masks  = route("dopd4", response_mask_B_R, stats, thr)   # {"LH","LL","HT","HS"} -> bool [B, R]
 
 Shape legend: B sequences, R response tokens, V vocabulary, N valid (non-pad) response tokens.
@@ -11,7 +11,7 @@ Shape legend: B sequences, R response tokens, V vocabulary, N valid (non-pad) re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -59,8 +59,12 @@ class RoutingConfig:
     # Slice logits to this many entries (embedding padding makes lm_head wider than the tokenizer);
     # 0 = use the logits as they are. [D] design.md "Known traps".
     vocab_size: int = 0
-    # Rows (response tokens) per chunk of the memory-lean path, dopd_vlm.lean. [D]
-    lean_chunk_size: int = 256
+    # Rows (response tokens) per lm_head projection chunk of the memory-lean path (dopd_vlm.lean);
+    # large enough for efficient matmuls. [D] measured in BENCHMARKS.md §1
+    lean_chunk_size: int = 128
+    # Rows per divergence graph inside a chunk (fused backward): bounds the ~15 [rows, V]
+    # temporaries of full-vocabulary JS. [D] measured in BENCHMARKS.md §1
+    lean_subchunk_size: int = 4
     # Memory-lean backward: fused (gradients formed chunk by chunk in the forward, no recompute) |
     # checkpoint (torch.utils.checkpoint per chunk). [D] see dopd_vlm/lean.py.
     lean_backward: str = "fused"
@@ -99,6 +103,8 @@ class RoutingConfig:
             fail("vocab_size", "must be ≥ 0 (0 = no slicing)")
         if self.lean_chunk_size < 1:
             fail("lean_chunk_size", "must be ≥ 1")
+        if self.lean_subchunk_size < 1:
+            fail("lean_subchunk_size", "must be ≥ 1")
         if self.lean_backward not in LEAN_BACKWARDS:
             fail("lean_backward", f"expected one of {LEAN_BACKWARDS}")
 
@@ -250,6 +256,35 @@ def compute_thresholds(stats: TokenStats | Sequence[TokenStats], routing: Routin
         q_T_scale=q_T_scale,
         num_tokens=int(gap_N.numel()),
     )
+
+
+def thresholds_for_scope(
+    step_stats: Sequence[TokenStats],
+    routing: RoutingConfig,
+    gather: Callable[[Tensor], Tensor] | None = None,
+) -> Thresholds | None:
+    """Thresholds for ``routing.threshold_scope`` (method.md §3 [D]), called once per optimiser step.
+
+    ``step_stats``: the pass-1 statistics of every micro-batch of the step on this rank.
+      * ``step`` (default): thresholds over all of them; pass the result to every micro-batch.
+      * ``micro_batch``: returns None, so each ``routed_loss`` call computes its own.
+      * ``global``: ``gather`` maps a 1-D tensor to the concatenation of that tensor over all
+        ranks (variable lengths are the caller's concern, e.g. pad-and-trim around
+        ``accelerate``'s gather); thresholds over every rank's valid tokens.
+    """
+    if routing.threshold_scope == "micro_batch":
+        return None
+    if routing.threshold_scope == "step":
+        return compute_thresholds(step_stats, routing)
+    if gather is None:
+        raise ValueError("routing.threshold_scope='global' needs a gather function over ranks")
+    logq_T_N = torch.cat([s.logq_T_B_R[s.mask_B_R] for s in step_stats])
+    logq_S_N = torch.cat([s.logq_S_B_R[s.mask_B_R] for s in step_stats])
+    all_T_N, all_S_N = gather(logq_T_N), gather(logq_S_N)
+    if all_T_N.shape != all_S_N.shape or all_T_N.dim() != 1:
+        raise ValueError(f"gather returned {tuple(all_T_N.shape)} and {tuple(all_S_N.shape)}; expected equal 1-D")
+    every = TokenStats(all_T_N[None], all_S_N[None], torch.ones_like(all_T_N[None], dtype=torch.bool))
+    return compute_thresholds(every, routing)
 
 
 @torch.no_grad()

@@ -59,6 +59,9 @@ def resolve_dataset(spec: str, cache_dir: str | Path) -> str:
     if not spec.startswith("synthetic:"):
         if not Path(spec).exists():
             raise SpecError(f"dataset folder not found: {spec} (build one with `dopd-vlm build`)")
+        if not ((Path(spec) / "dataset_dict.json").exists() or (Path(spec) / "state.json").exists()):
+            raise SpecError(f"{spec} is not a datasets save_to_disk folder (no dataset_dict.json / state.json); "
+                            "build one with `dopd-vlm build`")
         return spec
     from data_builders.synthetic import build_synthetic
 

@@ -18,7 +18,8 @@ import torch
 from dopd_vlm.collate import collate
 from dopd_vlm.loss import routed_loss
 from dopd_vlm.rollout import sample_rollouts
-from dopd_vlm.routing import TokenStats, compute_thresholds, route, token_stats
+from dopd_vlm.lean import lean_routed_loss, lean_token_stats
+from dopd_vlm.routing import TokenStats, route, thresholds_for_scope, token_stats
 from dopd_vlm.scoring import build_scoring_inputs, score
 
 
@@ -79,72 +80,103 @@ class StepRunner:
         ids_B_R, mask_B_R = rollouts.response_ids_B_R, rollouts.response_mask_B_R
         expanded = {k: b.repeat_interleave(G) for k, b in batches.items()}
 
-        # 2. targets, scored on the identical response ids, no grad [P §6.2]
+        # 2. targets, scored on the identical response ids, no grad [P §6.2]. The lean path keeps
+        #    hidden states [B, R, H] and each policy's lm_head instead of [B, R, V] logits (design.md).
+        lean = cfg.run.loss_impl == "lean"
+        V = expanded["student_plain"].vocab_size
         models = {"teacher": self.teacher, "student": self.student}
-        targets_B_R_V = {}
+        targets, heads = {}, {}  # policy -> [B, R, V] logits (dense) or [B, R, H] hidden (lean); [V, H]
         with torch.no_grad():
             for policy in sorted(self.policies - {"student_plain"}):
-                who, _view = policy.split("_", 1)
-                pol = models[who]
-                m = pol.hf_model
-                targets_B_R_V[policy] = score(m, pol.adapter, expanded[policy], ids_B_R, mask_B_R).detach().to(device)
+                pol = models[policy.split("_", 1)[0]]
+                out = score(pol.hf_model, pol.adapter, expanded[policy], ids_B_R, mask_B_R,
+                            output="hidden" if lean else "logits")
+                targets[policy] = out.detach().to(device)
+                if lean:
+                    heads[policy] = pol.adapter.lm_head_weight(pol.hf_model)[:V].detach().to(device)
         unwrapped.train()
+        bad = sorted(p for p, t in targets.items() if not bool(torch.isfinite(t[mask_B_R]).all()))
+        if not self._all_ranks(not bad):
+            acc.print(f"non-finite target scores on valid response tokens: {bad or 'on another rank'}")
+            return StepResult({"loss": float("nan")}, finite=False)
 
-        # 3. step-scoped statistics and thresholds (method.md §2-§3)
-        thresholds = None  # micro_batch scope: each routed_loss call computes its own
-        if self.table.router != "all" and cfg.routing.threshold_scope != "micro_batch":
-            stats = token_stats(targets_B_R_V["teacher_priv"], targets_B_R_V["student_priv"], ids_B_R, mask_B_R)
-            if cfg.routing.threshold_scope == "global":
-                stats = self._gather_stats(stats)
-            thresholds = compute_thresholds(stats, cfg.routing)
+        # 3. statistics and thresholds over the whole step before any backward (method.md §2-§3)
+        stats = thresholds = None
+        if self.table.router != "all":
+            priv = ("teacher_priv", "student_priv")
+            stats = (lean_token_stats({k: targets[k] for k in priv}, {k: heads[k] for k in priv}, ids_B_R, mask_B_R,
+                                      cfg.routing) if lean else
+                     token_stats(targets["teacher_priv"], targets["student_priv"], ids_B_R, mask_B_R))
+            thresholds = thresholds_for_scope([stats], cfg.routing, gather=self._gather_1d)
 
         # 4. loss per micro-batch (Eq. 10 / Eq. 11), gradients accumulated over the step
         B = ids_B_R.shape[0]
         mb = cfg.optim.micro_batch_size or B
         chunks = [list(range(i, min(i + mb, B))) for i in range(0, B, mb)]
-        metric_sums: dict[str, float] = {}
+        sums: dict[str, float] = {}
+        weights: dict[str, float] = {}
         total_loss = 0.0
         finite = True
         plain = expanded["student_plain"]
+        adapter = self.student.adapter
         for ci, rows in enumerate(chunks):
             rows_t = torch.tensor(rows, device=device)
-            sync = ci == len(chunks) - 1
-            ctx = acc.no_sync(model) if not sync else nullcontext()
-            with ctx:
-                logits_b_R_V = trained_logits(model, unwrapped, self.student.adapter, plain.select(rows),
-                                              ids_B_R[rows_t], plain.vocab_size)
-                loss, metrics = routed_loss(
-                    logits_b_R_V, {k: v[rows_t] for k, v in targets_B_R_V.items()}, ids_B_R[rows_t],
-                    mask_B_R[rows_t], self.table, cfg.routing, thresholds=thresholds, step_num_sequences=B)
-                if not torch.isfinite(loss):
+            ids_b, mask_b = ids_B_R[rows_t], mask_B_R[rows_t]
+            sub = {k: v[rows_t] for k, v in targets.items()}
+            with acc.no_sync(model) if ci < len(chunks) - 1 else nullcontext():
+                if lean:
+                    inputs, _ = build_scoring_inputs(unwrapped, adapter, plain.select(rows), ids_b)
+                    hidden_b_R_H = adapter.response_hidden(model, inputs, ids_b.shape[1])
+                    sub_stats = None if stats is None else TokenStats(
+                        stats.logq_T_B_R[rows_t], stats.logq_S_B_R[rows_t], stats.mask_B_R[rows_t])
+                    loss, metrics = lean_routed_loss(
+                        hidden_b_R_H, adapter.lm_head_weight(unwrapped)[:V], sub, heads, ids_b, mask_b, self.table,
+                        cfg.routing, stats=sub_stats, thresholds=thresholds, step_num_sequences=B)
+                else:
+                    logits_b_R_V = trained_logits(model, unwrapped, adapter, plain.select(rows), ids_b, V)
+                    loss, metrics = routed_loss(logits_b_R_V, sub, ids_b, mask_b, self.table, cfg.routing,
+                                                thresholds=thresholds, step_num_sequences=B)
+                if not self._all_ranks(bool(torch.isfinite(loss))):  # every rank skips, or none: no DDP hang
                     finite = False
                     continue
                 acc.backward(loss)
             total_loss += float(loss.detach())
-            for k, v in metrics.items():  # micro-batch metrics weighted by its share of sequences
-                metric_sums[k] = metric_sums.get(k, 0.0) + float(v) * len(rows) / B
-        metric_sums["loss"] = total_loss
-        metric_sums["response/length"] = float(mask_B_R.sum(-1).float().mean())
-        metric_sums["response/truncated"] = float(rollouts.truncated_B.float().mean())
+            for k, v in metrics.items():
+                v = float(v)
+                if k.startswith("loss/"):  # already scaled by 1/step_num_sequences: the step's value is the sum
+                    sums[k] = sums.get(k, 0.0) + v
+                elif v == v:  # means of the micro-batch, weighted by its sequences; NaN = empty regime
+                    sums[k] = sums.get(k, 0.0) + v * len(rows)
+                    weights[k] = weights.get(k, 0.0) + len(rows)
+        metrics = {k: (v / weights[k] if k in weights else v) for k, v in sums.items()}
+        metrics["loss"] = total_loss if finite else float("nan")
+        metrics["response/length"] = float(mask_B_R.sum(-1).float().mean())
+        metrics["response/truncated"] = float(rollouts.truncated_B.float().mean())
 
-        samples = self._samples(records, ids_B_R, mask_B_R, targets_B_R_V, thresholds, G) if sample else []
-        return StepResult(metric_sums, finite, samples)
+        samples = self._samples(records, ids_B_R, mask_B_R, stats, thresholds, G) if sample else []
+        return StepResult(metrics, finite, samples)
 
-    def _gather_stats(self, stats: TokenStats) -> TokenStats:
-        """All ranks' statistics (``threshold_scope: global``), padded to a common R."""
+    def _all_ranks(self, ok: bool) -> bool:
+        """True when ``ok`` holds on every rank (one tiny all-reduce when distributed)."""
+        if self.acc.num_processes == 1:
+            return ok
+        flag = torch.tensor([1.0 if ok else 0.0], device=self.acc.device)
+        return bool(self.acc.reduce(flag, reduction="sum").item() == self.acc.num_processes)
+
+    def _gather_1d(self, values_N: torch.Tensor) -> torch.Tensor:
+        """Concatenation of a 1-D tensor of any length over all ranks (``threshold_scope: global``)."""
         acc = self.acc
-        parts = [acc.pad_across_processes(t, dim=1, pad_index=0) for t in
-                 (stats.logq_T_B_R, stats.logq_S_B_R, stats.mask_B_R.long())]
-        logq_T, logq_S, mask = (acc.gather(t) for t in parts)
-        return TokenStats(logq_T, logq_S, mask.bool())
+        sizes = acc.gather(torch.tensor([values_N.numel()], device=values_N.device))
+        padded = acc.gather(acc.pad_across_processes(values_N, dim=0))
+        width = int(sizes.max())
+        return torch.cat([padded[i * width:i * width + int(n)] for i, n in enumerate(sizes.tolist())])
 
-    def _samples(self, records, ids_B_R, mask_B_R, targets_B_R_V, thresholds, G) -> list[dict]:
+    def _samples(self, records, ids_B_R, mask_B_R, stats, thresholds, G) -> list[dict]:
         """The first rollout of each prompt, decoded token by token with its regime (for the HTML page)."""
         tok = self.student.adapter.tokenizer(self.student.processor)
         if self.table.router == "all":
             regimes_B_R = [["ALL" if m else "" for m in row] for row in mask_B_R.tolist()]
         else:
-            stats = token_stats(targets_B_R_V["teacher_priv"], targets_B_R_V["student_priv"], ids_B_R, mask_B_R)
             masks = route(self.table.router, mask_B_R, stats, thresholds)
             regimes_B_R = [["" for _ in row] for row in mask_B_R.tolist()]
             for name, m_B_R in masks.items():

@@ -99,6 +99,7 @@ def _dopd_regimes(
     hs: tuple[str, str, float | str] = ("reverse_kl", "topk", "beta_l"),
     source: str = "[P] DOPD method.md §4 table",
 ) -> tuple[Regime, ...]:
+    """The four DOPD regimes of method.md §4; ablations override one row's (divergence, support, weight)."""
     return (
         Regime("LH", "teacher_priv", *lh, source=source),
         Regime("LL", "student_priv", *ll, source=source),
@@ -108,6 +109,7 @@ def _dopd_regimes(
 
 
 def _all(name: str, target: str, divergence: str, support: str, source: str, description: str) -> RoutingTable:
+    """A one-regime table over every valid token (the method.md §8 baselines, router ``all``)."""
     return RoutingTable(name, "all", (Regime("ALL", target, divergence, support, 1.0, source),), description)
 
 

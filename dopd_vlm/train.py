@@ -298,7 +298,7 @@ def train(cfg: TrainConfig) -> Path:
         if cfg.run.report_to:
             accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=state.step)
         bar.update(1)
-        bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}")
+        bar.set_postfix(loss=f"{result.metrics.get('loss', float('nan')):.4f}")
         if cfg.run.save_every and state.step % cfg.run.save_every == 0 and state.step < last_step:
             _save(accelerator, out, state, student, optimizer, scheduler, cfg.run.save_total_limit, save_checkpoint)
     bar.close()

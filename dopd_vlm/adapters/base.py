@@ -112,6 +112,9 @@ class Adapter:
     def validate(self, model, processor, where: str = "model") -> None:
         """Boundary checks run once after loading."""
         tok = self.tokenizer(processor)
+        if processor.chat_template is None and tok.chat_template is None:
+            raise AdapterError(f"{where}: no chat template (chat_template.jinja / tokenizer_config.json); teacher "
+                               "and student prompts cannot be rendered")
         if tok.pad_token_id is None:
             raise AdapterError(f"{where}: the tokenizer has no pad token; set one (e.g. <|endoftext|>)")
         v_model = self.lm_head_weight(model).shape[0]
@@ -120,6 +123,14 @@ class Adapter:
                                "tokens; model and tokenizer do not belong together")
 
     # ------------------------------------------------------------------ text
+    def context_length(self, processor) -> int:
+        limit = self.tokenizer(processor).model_max_length
+        cfg = self.config if isinstance(self.config, dict) else {}
+        text = cfg.get("text_config") or cfg
+        if text.get("max_position_embeddings"):
+            limit = min(limit, text["max_position_embeddings"])
+        return limit
+
     def tokenizer(self, processor):
         """The tokenizer inside ``processor`` (a processor of a VL family, the tokenizer itself for
         a text-only family)."""
@@ -252,6 +263,10 @@ def read_model_type(name_or_path_or_config) -> tuple[str, Any]:
             return cfg["model_type"], cfg
         from transformers import AutoConfig  # a Hub id (works offline when cached)
 
-        cfg = AutoConfig.from_pretrained(str(name_or_path_or_config))
+        try:
+            cfg = AutoConfig.from_pretrained(str(name_or_path_or_config))
+        except OSError as e:
+            raise AdapterError(f"cannot load {str(name_or_path_or_config)!r}: not a local checkpoint folder, and the "
+                               f"Hugging Face Hub is offline or unreachable ({type(e).__name__}: {e})") from e
         return cfg.model_type, cfg
     return name_or_path_or_config.model_type, name_or_path_or_config

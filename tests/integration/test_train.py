@@ -130,3 +130,17 @@ def test_lora_run_saves_merged_checkpoint_and_resumes(tmp_path, shared):
     assert not any("lora" in n for n, _ in merged.named_parameters())
     train(_cfg(shared, out, "max_steps=2", "run.resume_from=latest", *lora))
     assert [r["step"] for r in _metrics(out)] == [1, 2]
+
+
+@pytest.mark.parametrize("table", ["dopd", "vanilla_opd", "opsd"])
+def test_lean_loss_path_matches_dense_in_training(tmp_path, shared, table):
+    dense, lean = tmp_path / "dense", tmp_path / "lean"
+    common = [f"table={table}", "max_steps=1", "run.plots=false", "micro_batch_size=2"]
+    train(_cfg(shared, dense, *common))
+    train(_cfg(shared, lean, *common, "run.loss_impl=lean", "routing.lean_chunk_size=3"))
+    a, b = _metrics(dense)[0], _metrics(lean)[0]
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-7)
+    assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3, abs=1e-7)
+    for key in a:
+        if key.startswith("regime/") and key.endswith("/frac"):
+            assert a[key] == b[key], key

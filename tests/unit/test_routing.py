@@ -13,6 +13,7 @@ from dopd_vlm.routing import (
     TokenStats,
     compute_thresholds,
     route,
+    thresholds_for_scope,
     token_stats,
 )
 
@@ -162,6 +163,8 @@ def test_no_valid_tokens_route_nothing():
         ({"topk": 12.5}, "expected int"),
         ({"normalization": True}, "expected str"),
         ({"lean_backward": "fast"}, "lean_backward"),
+        ({"lean_subchunk_size": 0}, "lean_subchunk_size"),
+        ({"vocab_size": -1}, "vocab_size"),
     ],
 )
 def test_routing_config_validation(kwargs, match):
@@ -174,3 +177,22 @@ def test_routing_config_defaults_follow_method_md():
     assert (r.outlier_quantile, r.normalization, r.threshold_scope) == (0.95, "none", "step")
     assert (r.topk, r.topk_support, r.topk_tail, r.loss_temperature) == (128, "target", "renorm", 1.0)
     assert (r.beta_w, r.beta_l, r.jsd_beta) == (0.3, 0.6, 0.5)
+
+
+def test_thresholds_for_scope():
+    a, b, other_rank = _stats(seed=11), _stats(seed=12), _stats(seed=13)
+    step = RoutingConfig(threshold_scope="step")
+    assert thresholds_for_scope([a, b], step) == compute_thresholds([a, b], step)
+    assert thresholds_for_scope([a, b], RoutingConfig(threshold_scope="micro_batch")) is None
+    glob = RoutingConfig(threshold_scope="global")
+
+    def gather(values_N: torch.Tensor) -> torch.Tensor:
+        # rank 0 holds [a, b]; the fake rank 1 holds other_rank. Which statistic is asked for is told
+        # apart by matching this rank's values.
+        mine_T = torch.cat([a.logq_T_B_R[a.mask_B_R], b.logq_T_B_R[b.mask_B_R]])
+        theirs = other_rank.logq_T_B_R if torch.equal(values_N, mine_T) else other_rank.logq_S_B_R
+        return torch.cat([values_N, theirs[other_rank.mask_B_R]])
+
+    assert thresholds_for_scope([a, b], glob, gather) == compute_thresholds([a, b, other_rank], glob)
+    with pytest.raises(ValueError, match="gather"):
+        thresholds_for_scope([a], glob)
