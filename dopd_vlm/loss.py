@@ -240,9 +240,11 @@ def routed_loss(
         if rows_n.numel() == 0:
             continue
         target_N_V = target_B_R_V[regime.target].reshape(-1, vocab)
-        terms = regime_terms(
-            student_N_V.index_select(0, rows_n), target_N_V.index_select(0, rows_n), ids_N[rows_n], regime, routing
-        )
+        if rows_n.numel() == student_N_V.shape[0]:  # every row (router "all"): views, no [N, V] copies
+            student_n_V, target_n_V = student_N_V, target_N_V
+        else:
+            student_n_V, target_n_V = student_N_V.index_select(0, rows_n), target_N_V.index_select(0, rows_n)
+        terms = regime_terms(student_n_V, target_n_V, ids_N[rows_n], regime, routing)
         coef_weight_n = coef_N[rows_n] * regime.resolve_weight(routing)
         loss = loss + (coef_weight_n * terms.loss_N).sum()
         sums.add(regime, terms, coef_weight_n)
