@@ -35,10 +35,13 @@ def warmstart_recipe() -> dict:
               "optim.warmup_ratio=0.02", "run.save_total_limit=1"]
     return {
         "teacher": {"init": dict(family="qwen2_5_vl", hidden=96, layers=3, seed=11),
-                    "sft": common + ["data.view=mixed", "optim.max_steps=1800", "optim.time_budget_s=1800",
+                    "sft": common + ["data.view=mixed", "optim.max_steps=4500", "optim.time_budget_s=1200",
                                      "optim.seed=11"]},
+        # the student also sees both views: DOPD's "privileged student" is the student reading p in
+        # context (method.md §1); a tiny student never shown p answers garbage with it, and the LL/HS
+        # regimes would then pull it towards that garbage (measured: see the issue-10 note)
         "student": {"init": dict(family="qwen2_5_vl", size="tiny", seed=12),
-                    "sft": common + ["data.view=plain", "optim.max_steps=150", "optim.seed=12"]},
+                    "sft": common + ["data.view=mixed", "optim.max_steps=300", "optim.seed=12"]},
     }
 
 
@@ -58,12 +61,14 @@ def _say(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def rebuild_warmstarts(data_dir: Path, assets: Path, work: Path) -> None:
+def rebuild_warmstarts(data_dir: Path, assets: Path, work: Path, roles: tuple[str, ...] = ("teacher", "student")) -> None:
     from dopd_vlm.config import SFTConfig, load_config
     from dopd_vlm.sft import sft
     from dopd_vlm.tiny import write_tiny_checkpoint
 
     for role, recipe in warmstart_recipe().items():
+        if role not in roles:
+            continue
         _say(f"warm start: training the {role} with dopd-vlm sft")
         init = work / f"{role}_init"
         write_tiny_checkpoint(init, min_pixels=GRID_PIXELS, max_pixels=GRID_PIXELS, **recipe["init"])
