@@ -80,7 +80,9 @@ def rebuild_warmstarts(data_dir: Path, assets: Path, work: Path, roles: tuple[st
         if dest.exists():
             shutil.rmtree(dest)
         shutil.copytree(ckpt, dest, ignore=shutil.ignore_patterns("trainer_state"))
-        (dest / "RECIPE.json").write_text(json.dumps({"init": recipe["init"], "sft": overrides, "data": DATA}, indent=1))
+        (dest / "RECIPE.json").write_text(json.dumps(
+            {"init": recipe["init"], "sft": recipe["sft"], "data": DATA,
+             "command": "dopd-vlm demo --rebuild  (dopd_vlm.demo.warmstart_recipe)"}, indent=1))
 
 
 def privileged_copy(data_dir: Path, out_dir: Path, kinds: list[str], adapter, processor) -> Path:
