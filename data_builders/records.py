@@ -62,7 +62,9 @@ def _check_image_bytes(data: bytes, record_id: str | None, field: str) -> tuple[
         # DecompressionBombError above twice the limit; the warning below it is made an error.
         import warnings
 
-        with warnings.catch_warnings():
+        from dopd_vlm.images import strict_decoding
+
+        with warnings.catch_warnings(), strict_decoding():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 size = im.size

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from dopd_vlm.images import strict_decoding
 from dopd_vlm.views import RecordError, count_image_parts, record_id, render_views
 
 VIEWS = ("plain", "priv")
@@ -144,7 +145,8 @@ def collate(records: list[dict], processor, adapter, privileged_kinds: str | Seq
     for rec in records:
         for i, im in enumerate(rec.get("images") or []):  # decode now: a truncated file names its record
             try:
-                im.load()
+                with strict_decoding():
+                    im.load()
             except (OSError, SyntaxError) as e:
                 raise RecordError(f"record {record_id(rec)!r}, field 'images[{i}]': cannot decode image ({e})") from e
         plain, priv, images = render_views(rec, privileged_kinds, templates, adapter=adapter, processor=processor)

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import torch
 
 from dopd_vlm.collate import collate
+from dopd_vlm.lean import lean_routed_loss, lean_token_stats
 from dopd_vlm.loss import routed_loss
 from dopd_vlm.rollout import sample_rollouts
-from dopd_vlm.lean import lean_routed_loss, lean_token_stats
 from dopd_vlm.routing import TokenStats, route, thresholds_for_scope, token_stats
 from dopd_vlm.scoring import build_scoring_inputs, score
 
