@@ -82,3 +82,16 @@ def force_early_eos(model, n_ids: int = 600) -> None:
     eos = model.generation_config.eos_token_id
     eos = [eos] if isinstance(eos, int) else list(eos)
     model.generation_config.eos_token_id = eos + [i for i in range(n_ids) if i not in eos]
+
+
+def cached_loader(ckpt):
+    """``get(family, **kw) -> load(ckpt(family, **kw))``, each checkpoint loaded once."""
+    cache = {}
+
+    def get(family, **kw):
+        key = (family, tuple(sorted(kw.items())))
+        if key not in cache:
+            cache[key] = load(ckpt(family, **kw))
+        return cache[key]
+
+    return get

@@ -10,6 +10,7 @@ from _views_helpers import (
     QWEN_VL_FAMILIES,
     REGIONS,
     VL_FAMILIES,
+    cached_loader,
     ckpt_factory,
     kinds_for,
     load,
@@ -29,15 +30,7 @@ def ckpt(tiny_ckpt, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(ckpt):
-    cache = {}
-
-    def get(family, **kw):
-        key = (family, tuple(sorted(kw.items())))
-        if key not in cache:
-            cache[key] = load(ckpt(family, **kw))
-        return cache[key]
-
-    return get
+    return cached_loader(ckpt)
 
 
 def _responses(B, R, seed=0, vocab=3000):

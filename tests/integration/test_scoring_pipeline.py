@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _views_helpers import REGIONS, VL_FAMILIES, ckpt_factory, kinds_for, load, record
+from _views_helpers import REGIONS, VL_FAMILIES, cached_loader, ckpt_factory, kinds_for, load, record
 
 from dopd_vlm.collate import collate
 from dopd_vlm.scoring import lm_head_weight, score
@@ -18,15 +18,7 @@ def ckpt(tiny_ckpt, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(ckpt):
-    cache = {}
-
-    def get(family, **kw):
-        key = (family, tuple(sorted(kw.items())))
-        if key not in cache:
-            cache[key] = load(ckpt(family, **kw))
-        return cache[key]
-
-    return get
+    return cached_loader(ckpt)
 
 
 def _responses(B, R, seed=0, vocab=3000):
