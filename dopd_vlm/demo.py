@@ -155,8 +155,9 @@ def run(args) -> int:
     make_task(data_dir, "demo_scenes", out=tasks_dir / "demo_scenes", split="test", limit=n_test)
     adapter = get_adapter(teacher)
     _, t_proc = adapter.load(teacher)
-    priv_data = privileged_copy(data_dir, out / "data" / "scenes_priv", kinds, adapter, t_proc) \
-        if not (out / "data" / "scenes_priv").exists() else out / "data" / "scenes_priv"
+    priv_data = out / "data" / "scenes_priv"
+    if not priv_data.exists():
+        privileged_copy(data_dir, priv_data, kinds, adapter, t_proc)
     make_task(priv_data, "demo_scenes_priv", out=tasks_dir / "demo_scenes_priv", split="test", limit=n_test)
 
     _say("evaluating the warm starts through lmms-eval (teacher with/without privileged text, student)")

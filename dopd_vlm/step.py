@@ -30,8 +30,7 @@ def trained_logits(model, unwrapped, adapter, prompt_batch, response_ids_B_R, vo
     the full ``[B, L, V]`` never exists. Inputs (positions) are built on the unwrapped model."""
     R = response_ids_B_R.shape[1]
     inputs, _ = build_scoring_inputs(unwrapped, adapter, prompt_batch, response_ids_B_R)
-    logits_B_R_Vm = model(**inputs, use_cache=False, logits_to_keep=R).logits
-    return logits_B_R_Vm[..., :vocab_size]
+    return adapter.response_logits(model, inputs, R)[..., :vocab_size]
 
 
 @dataclass

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -246,9 +245,8 @@ def train(cfg: TrainConfig) -> Path:
     # ---- resume (the student's weights were loaded from the checkpoint itself, above)
     state = TrainerState(step=0, samples_seen=0, extra={})
     if resume_ckpt is not None:
-        ckpt = resume_ckpt
-        state = load_trainer_state(ckpt, optimizer, scheduler)
-        accelerator.print(f"resumed from {ckpt} at step {state.step}")
+        state = load_trainer_state(resume_ckpt, optimizer, scheduler)
+        accelerator.print(f"resumed from {resume_ckpt} at step {state.step}")
 
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -348,5 +346,4 @@ def _save(accelerator, out, state, student, optimizer, scheduler, keep_last, sav
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    random.seed(0)
     sys.exit(main())
