@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from dopd_vlm.divergences import TOPK_SUPPORTS, TOPK_TAILS, log_prob_at
+from dopd_vlm.fields import opt
 
 ROUTERS = ("all", "dopd4")
 ROUTER_REGIMES = {"all": ("ALL",), "dopd4": ("LH", "LL", "HT", "HS")}
@@ -34,40 +35,20 @@ class RoutingConfig:
     the DOPD paper, [D] = project decision (method.md marks these; the paper is silent).
     """
 
-    # Each statistic's mean drops values above this quantile (paper: "discard the top 5% of
-    # outliers"); 1.0 keeps all. [D] per-statistic quantile, method.md §3.
-    outlier_quantile: float = 0.95
-    # Per-statistic normalisation before the comparisons: none | zscore | minmax. [D] method.md §3.
-    normalization: str = "none"
-    # Token set the thresholds are computed over: step (all micro-batches of one optimiser step on
-    # this rank) | micro_batch | global (all ranks). The trainer acts on it. [D] method.md §3.
-    threshold_scope: str = "step"
-    # K of the top-K support of the LH / LL / HS regimes. [P] method.md §4.
-    topk: int = 128
-    # Whose top-K indices form the support: target | student | union. [D] method.md §4.
-    topk_support: str = "target"
-    # Mass outside the support: renorm (log-softmax over K) | bucket (one tail bucket). [D] method.md §4.
-    topk_tail: str = "renorm"
-    # Both logits are divided by this before the divergence (not the routing statistics). [D] method.md §4.
-    loss_temperature: float = 1.0
-    # β_w, weight of the LL ("weak self") regime. [P] method.md §4.
-    beta_w: float = 0.3
-    # β_l, weight of the LH and HS regimes. [P] method.md §4.
-    beta_l: float = 0.6
-    # β of the generalised JSD used by ``jsd`` regimes (OPSD 0.5 [P]; GKD reuses it [D]) method.md §8.
-    jsd_beta: float = 0.5
-    # Slice logits to this many entries (embedding padding makes lm_head wider than the tokenizer);
-    # 0 = use the logits as they are. [D] design.md "Known traps".
-    vocab_size: int = 0
-    # Rows (response tokens) per lm_head projection chunk of the memory-lean path (dopd_vlm.lean);
-    # large enough for efficient matmuls. [D] measured in BENCHMARKS.md §1
-    lean_chunk_size: int = 128
-    # Rows per divergence graph inside a chunk (fused backward): bounds the ~15 [rows, V]
-    # temporaries of full-vocabulary JS. [D] measured in BENCHMARKS.md §1
-    lean_subchunk_size: int = 4
-    # Memory-lean backward: fused (gradients formed chunk by chunk in the forward, no recompute) |
-    # checkpoint (torch.utils.checkpoint per chunk). [D] see dopd_vlm/lean.py.
-    lean_backward: str = "fused"
+    outlier_quantile: float = opt(0.95, "each statistic's mean drops values above this quantile (\"discard the top 5% of outliers\"); 1.0 keeps all [D docs/method.md §3]")
+    normalization: str = opt("none", "per-statistic normalisation before the comparisons: none | zscore | minmax [D docs/method.md §3]")
+    threshold_scope: str = opt("step", "tokens the thresholds are computed over: step (the whole optimiser step on this rank) | micro_batch | global (all ranks) [D docs/method.md §3]")
+    topk: int = opt(128, "K of the top-K support of the LH / LL / HS regimes [P §4: K = 128]")
+    topk_support: str = opt("target", "whose top-K indices form the support: target | student | union [D docs/method.md §4]")
+    topk_tail: str = opt("renorm", "mass outside the support: renorm (log-softmax over K) | bucket (one tail bucket) [D docs/method.md §4]")
+    loss_temperature: float = opt(1.0, "both logits are divided by this before the divergence (not the routing statistics) [D docs/method.md §4]")
+    beta_w: float = opt(0.3, "β_w, weight of the LL (\"weak self\") regime; must be < beta_l [P §4]")
+    beta_l: float = opt(0.6, "β_l, weight of the LH and HS regimes [P §4]")
+    jsd_beta: float = opt(0.5, "β of the generalised JSD of jsd regimes (OPSD 0.5 [P]; GKD reuses it [D]) [docs/method.md §8]")
+    vocab_size: int = opt(0, "slice logits to this many entries (embedding padding makes lm_head wider than the tokenizer); 0 = as they are [D docs/method.md known traps]")
+    lean_chunk_size: int = opt(128, "response tokens per lm_head projection chunk of the lean loss (run.loss_impl=lean) [D measured in BENCHMARKS.md §1]")
+    lean_subchunk_size: int = opt(4, "rows per divergence graph inside a lean chunk (fused backward); bounds the [rows, V] temporaries [D measured in BENCHMARKS.md §1]")
+    lean_backward: str = opt("fused", "lean backward: fused (gradients formed chunk by chunk, no recompute) | checkpoint (torch.utils.checkpoint per chunk) [D docs/method.md §5]")
 
     def __post_init__(self) -> None:
         def fail(field: str, why: str) -> None:

@@ -19,7 +19,8 @@ from dopd_vlm.config import SFTConfig, field_help, load_config, save_config
 def add_arguments(parser) -> None:
     parser.add_argument("config", nargs="?", default=None, help="YAML preset (optional)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides. Keys:\n" + field_help(SFTConfig))
+                        help="config overrides, checked against field types (keys below; docs/config.md)")
+    parser.epilog = "config keys (key = default  description):\n" + field_help(SFTConfig)
 
 
 def run(args) -> int:

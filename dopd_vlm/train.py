@@ -35,7 +35,8 @@ POLICIES_NEEDING_PRIV = ("teacher_priv", "student_priv")
 def add_arguments(parser) -> None:
     parser.add_argument("config", help="YAML preset (see dopd_vlm/presets/)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, checked against field types. Keys:\n" + field_help(TrainConfig))
+                        help="config overrides, checked against field types (keys below; docs/config.md)")
+    parser.epilog = "config keys (key = default  description):\n" + field_help(TrainConfig)
 
 
 def run(args) -> int:
