@@ -41,8 +41,11 @@ METRIC_KINDS = ("auto", "choice", "numeric", "exact")
 # Project decision: the scene generator (data_builders/scenes.py) stores the question family in
 # meta["question_family"].
 DEFAULT_FAMILY_KEY = "question_family"
-# Project decision: built datasets have short canonical answers (a word, a letter, a number).
-DEFAULT_TASK_MAX_NEW_TOKENS = 16
+# Generation budget written into make-task tasks: room for a chain of thought that ends in \boxed{}
+# (the records' prompts ask for one). 1024 is OpenAI simple-evals' chat-sampler max_tokens, the
+# budget lmms-eval's openai_math doubles; `make-task --max-new-tokens` and `eval --max-new-tokens`
+# (which replaces every task's value) change it either way.
+DEFAULT_TASK_MAX_NEW_TOKENS = 1024
 DEFAULT_OUT = "outputs/eval"  # project decision (outputs/ is git-ignored)
 DEFAULT_BATCH_SIZE = 8  # project decision: tiny models on 2 CPU cores gain little beyond 8
 
@@ -541,7 +544,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                         help="default: float32 on cpu, bfloat16 elsewhere")
-    parser.add_argument("--max-new-tokens", type=int, help="upper bound on each task's max_new_tokens")
+    parser.add_argument("--max-new-tokens", type=int,
+                        help="generation budget for every task, replacing each task's own max_new_tokens "
+                             "(raise it for long reasoning, lower it for smoke tests; default: the task's)")
     parser.add_argument("--subprocess", action="store_true",
                         help="run each checkpoint as its own `python -m lmms_eval` process (isolation for "
                              "large models; ~10 s start-up each) instead of in this process")
@@ -568,7 +573,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mt.add_argument("--rel-tol", type=float, default=0.0,
                     help="relative tolerance of numeric answers (default 0: exact; project decision)")
     mt.add_argument("--max-new-tokens", dest="task_max_new_tokens", type=int, default=DEFAULT_TASK_MAX_NEW_TOKENS,
-                    help=f"generation budget written into the task (default {DEFAULT_TASK_MAX_NEW_TOKENS})")
+                    help=f"generation budget written into the task (default {DEFAULT_TASK_MAX_NEW_TOKENS}: "
+                         "a chain of thought ending in \\boxed{{}}; `eval --max-new-tokens` overrides it)")
 
 
 def run(args) -> int:

@@ -15,8 +15,12 @@ Usage (CPU, offline)::
 
 Model arguments (``--model_args k=v,...``): ``pretrained`` (checkpoint folder: a model plus its
 processor or tokenizer), ``device`` (default ``cpu``), ``dtype`` (default float32 on CPU, bfloat16
-elsewhere), ``max_new_tokens`` (an upper bound on the task's own ``max_new_tokens``; default: the
-task's value). Batch size comes from lmms-eval's ``--batch_size`` (passing it in ``--model_args``
+elsewhere), ``max_new_tokens`` (replaces every task's own ``max_new_tokens``, up or down; default:
+the task's value; lmms-eval hands the task's ``generation_kwargs`` to the model per request, so
+this model arg is where a run-wide budget is set), ``chat_template_kwargs`` (a JSON mapping of
+keyword arguments for the checkpoint's chat template, e.g. ``'{"enable_thinking": false}'`` for
+non-thinking Qwen3, the same mapping as the training config's ``model.chat_template_kwargs``;
+``enable_thinking=false`` is accepted as a shorthand). Batch size comes from lmms-eval's ``--batch_size`` (passing it in ``--model_args``
 too makes lmms-eval 0.7.3 call the class with ``batch_size`` twice).
 
 This is a chat model (``is_simple = False``): lmms-eval hands it, per request,
@@ -99,6 +103,32 @@ def _as_rgb(image):
     return image.convert("RGB")
 
 
+def _as_bool(value, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "false"):
+        return str(value).lower() == "true"
+    raise ValueError(f"dopd_vlm: {name}={value!r}; expected true or false")
+
+
+def parse_chat_template_kwargs(value: dict | str | None) -> dict:
+    """The ``chat_template_kwargs`` model arg -> a dict: a mapping, a JSON object string
+    (``'{"enable_thinking": false}'``; lmms-eval keeps braces together when splitting model_args),
+    or ``None`` / ``""`` for none."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    try:
+        parsed = json.loads(str(value))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"dopd_vlm: chat_template_kwargs={value!r} is not a JSON object ({e.msg}); "
+                         "write e.g. chat_template_kwargs='{\"enable_thinking\": false}'") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"dopd_vlm: chat_template_kwargs={value!r} is not a JSON object")
+    return parsed
+
+
 # ------------------------------------------------------------------------ the lmms-eval model
 def _truncate_at_stops(text: str, until: Iterable[str]) -> str:
     """Cut ``text`` at the earliest occurrence of any stop string (lmms-eval's ``until``)."""
@@ -115,7 +145,8 @@ def generation_settings(gen_kwargs: dict, cap: int | None) -> tuple[dict, list[s
     """lmms-eval ``gen_kwargs`` -> (HF ``generate`` kwargs, stop strings).
 
     Greedy unless the task asks for sampling (``do_sample`` true or ``temperature > 0``);
-    ``cap`` (the ``max_new_tokens`` model arg) bounds the task's ``max_new_tokens``.
+    ``cap`` (the ``max_new_tokens`` model arg), when given, replaces the task's ``max_new_tokens``
+    (raising or lowering it).
     """
     known = {"until", "max_new_tokens", "temperature", "do_sample", "top_p", "top_k", "num_beams"}
     unknown = sorted(set(gen_kwargs) - known)
@@ -129,7 +160,7 @@ def generation_settings(gen_kwargs: dict, cap: int | None) -> tuple[dict, list[s
         until = [until]
     max_new = int(gen_kwargs.get("max_new_tokens") or DEFAULT_TASK_MAX_NEW_TOKENS)
     if cap is not None:
-        max_new = min(max_new, cap)
+        max_new = int(cap)
     temperature = float(gen_kwargs.get("temperature") or 0.0)
     do_sample = bool(gen_kwargs.get("do_sample", False)) or temperature > 0
     out = {"max_new_tokens": max_new, "do_sample": do_sample, "num_beams": int(gen_kwargs.get("num_beams") or 1)}
@@ -149,12 +180,17 @@ class DopdVLM(lmms):
 
     def __init__(self, pretrained: str, device: str = "cpu", dtype: str | None = None,
                  max_new_tokens: int | None = None, batch_size: int | str = 1,
-                 max_batch_size: int | None = None, **kwargs) -> None:
+                 max_batch_size: int | None = None, chat_template_kwargs: dict | str | None = None,
+                 enable_thinking: bool | None = None, **kwargs) -> None:
         # max_batch_size: lmms-eval passes it for "auto" batch sizes, which this model refuses.
         super().__init__()
         if kwargs:
             raise ValueError(f"dopd_vlm: unknown model_args {sorted(kwargs)}; known: pretrained, device, "
-                             "dtype, max_new_tokens (batch size: lmms-eval's --batch_size)")
+                             "dtype, max_new_tokens, chat_template_kwargs, enable_thinking (batch size: "
+                             "lmms-eval's --batch_size)")
+        template_kwargs = parse_chat_template_kwargs(chat_template_kwargs)
+        if enable_thinking is not None:
+            template_kwargs["enable_thinking"] = _as_bool(enable_thinking, "enable_thinking")
         if str(batch_size).startswith("auto"):
             raise ValueError("dopd_vlm: --batch_size auto is not supported; give an integer")
         device = str(device or "cpu")
@@ -179,6 +215,7 @@ class DopdVLM(lmms):
             raise ValueError(f"dopd_vlm: batch_size must be >= 1, got {batch_size}")
         self.max_new_tokens = None if max_new_tokens is None else int(max_new_tokens)
         self.adapter, self.model, self.processor = _load(self.pretrained, self.device, self.dtype)
+        self.adapter.chat_template_kwargs = template_kwargs  # every prompt of this run renders with them
         self._tokenizer = self.adapter.tokenizer(self.processor)
         self._eos_ids = self.adapter.eos_token_ids(self.model, self.processor)
         self._pad_id = self.adapter.pad_token_id(self.processor)

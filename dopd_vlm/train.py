@@ -124,10 +124,12 @@ def data_order(n_records: int, seed: int, shuffle: bool, start: int, count: int)
     return out
 
 
-def load_policy(path: str, dtype: str, trust_remote_code: bool, attn_implementation: str, device) -> Policy:
+def load_policy(path: str, dtype: str, trust_remote_code: bool, attn_implementation: str, device,
+                chat_template_kwargs: dict | None = None) -> Policy:
     from dopd_vlm.adapters import get_adapter
 
     adapter = get_adapter(path)
+    adapter.chat_template_kwargs = dict(chat_template_kwargs or {})  # model.chat_template_kwargs
     model, processor = adapter.load(path, dtype=dtype, device=str(device), trust_remote_code=trust_remote_code,
                                     attn_implementation=attn_implementation or None)
     return Policy(model, processor, adapter)
@@ -210,11 +212,13 @@ def train(cfg: TrainConfig) -> Path:
         if not cfg.model.use_peft:  # LoRA runs reload the base model and then the adapter (below)
             student_path = str(resume_ckpt)  # save_pretrained weights: loaded like any checkpoint
     student = load_policy(student_path, cfg.model.dtype, cfg.model.trust_remote_code,
-                          cfg.model.attn_implementation, accelerator.device)
+                          cfg.model.attn_implementation, accelerator.device,
+                          chat_template_kwargs=cfg.model.chat_template_kwargs)
     teacher = None
     if teacher_path:
         teacher = load_policy(teacher_path, cfg.model.teacher_dtype or cfg.model.dtype, cfg.model.trust_remote_code,
-                              cfg.model.attn_implementation, cfg.model.teacher_device or accelerator.device)
+                              cfg.model.attn_implementation, cfg.model.teacher_device or accelerator.device,
+                              chat_template_kwargs=cfg.model.chat_template_kwargs)
         teacher.model.requires_grad_(False).eval()  # frozen [P]
         from dopd_vlm.scoring import check_tokenizer_compat
 

@@ -76,6 +76,10 @@ class Adapter:
 
     def __init__(self, config: Any = None):
         self.config = config  # the checkpoint's transformers config, when known
+        # Keyword arguments for every chat-template call (e.g. {"enable_thinking": False} for
+        # non-thinking Qwen3); set once per run from model.chat_template_kwargs (training) or the
+        # lmms-eval model arg, so training views, rollouts, scoring and evaluation render alike.
+        self.chat_template_kwargs: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(family={self.family!r}, box_format={self.box_format!r})"
@@ -164,7 +168,8 @@ class Adapter:
 
     def render_chat(self, processor, messages: list[dict], add_generation_prompt: bool = True) -> str:
         return processor.apply_chat_template(self.normalize_messages(messages), tokenize=False,
-                                             add_generation_prompt=add_generation_prompt)
+                                             add_generation_prompt=add_generation_prompt,
+                                             **self.chat_template_kwargs)
 
     def encode_prompts(self, processor, messages_list: list[list[dict]], images_list: list[list],
                        add_generation_prompt: bool = True) -> dict[str, torch.Tensor]:

@@ -171,6 +171,9 @@ def test_generation_settings_and_message_conversion():
 
     gen, until = generation_settings({"max_new_tokens": 64, "temperature": 0, "until": ["\n\n"]}, cap=16)
     assert gen == {"max_new_tokens": 16, "do_sample": False, "num_beams": 1} and until == ["\n\n"]
+    # the model arg replaces the task's budget both ways: a short task can be given room to reason
+    gen, _ = generation_settings({"max_new_tokens": 16}, cap=2048)
+    assert gen["max_new_tokens"] == 2048
     gen, _ = generation_settings({"temperature": 0.7, "top_p": 0.9}, cap=None)
     assert gen["do_sample"] and gen["temperature"] == 0.7 and gen["top_p"] == 0.9 and gen["max_new_tokens"] == 128
     assert _truncate_at_stops("red\n\nblue</s>", ["</s>", "\n\n"]) == "red"

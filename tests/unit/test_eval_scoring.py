@@ -25,10 +25,66 @@ def test_extract_choice(prediction, expected):
 
 @pytest.mark.parametrize("prediction,expected", [
     ("3", 3.0), (" 3 objects", 3.0), ("three", 3.0), ("There are twelve.", 12.0), ("-2.5", -2.5),
-    ("1,234", 1234.0), ("2 or three", 2.0), ("seven 8", 7.0), ("none", None), ("", None),
+    # no stated answer: the last digit number (number words only when there are no digits)
+    ("1,234", 1234.0), ("72.0", 72.0), ("2 or three", 2.0), ("seven 8", 8.0), ("none", None), ("", None),
+    ("\\boxed{72}", 72.0), ("\\boxed{\\frac{3}{4}}", 0.75), ("it is 3/4", 0.75), ("$\\boxed{1,000}$.", 1000.0),
 ])
 def test_extract_number(prediction, expected):
     assert U.extract_number(prediction) == expected
+
+
+# Chain-of-thought replies as an instruction-tuned model writes them for "... put the final answer
+# in \boxed{}": intermediate numbers everywhere, the answer last (the issue's failing case: the
+# first number of the reply was scored).
+COT_NUMERIC = [
+    ("There are 4 rows of objects. Each row has 18 objects, so 4 x 18 = 72.\n\nTherefore, the total "
+     "number of objects is \\boxed{72}.", "72", 1.0),
+    ("Let me count step by step.\n1. Red cubes: 3\n2. Blue spheres: 5\n3. Green cylinders: 2\n"
+     "Total: 3 + 5 + 2 = 10\n\n**Final Answer**\n\\[\n\\boxed{10}\n\\]", "10", 1.0),
+    ("The price went from $1,250 to $2,250, an increase of $1,000. The answer is 1,000.", "1000", 1.0),
+    ("First, 144 / 2 = 72.0 so the result is 72.0", "72", 1.0),
+    ("We have 12 apples and give away 5, leaving 7 apples.", "7", 1.0),  # no stated answer: last number
+    ("I think it is \\boxed{8}. Wait, recounting: \\boxed{9}", "9", 1.0),  # the last box counts
+    ("<think>\n3 and 4 make 7? no, 3 + 5 = 8\n</think>\n\nThe answer is 8.", "8", 1.0),
+    ("There are 4 rows of 18 objects, so \\boxed{72}.", "4", 0.0),
+    ("Counting the cubes gives \\boxed{\\dfrac{1}{2}}", "0.5", 1.0),
+]
+
+
+@pytest.mark.parametrize("reply,target,expected", COT_NUMERIC)
+def test_numeric_scoring_of_chain_of_thought(reply, target, expected):
+    assert U.score(reply, target, "numeric") == expected
+
+
+COT_CHOICE = [
+    ("Looking at the image, the shape on the left is red and round. Option A describes a red "
+     "circle, but the question asks for the shape on the right, which is blue with four equal "
+     "sides.\n\nThe answer is (B).", "B"),
+    ("Let's analyze each option:\n(A) red circle - not present\n(B) blue square - present but small\n"
+     "(C) green triangle - largest\n\nAnswer: C", "C"),
+    ("The largest object is the green triangle, so the correct option is C.", "C"),
+    ("Comparing the sizes, the answer is \\boxed{B}.", "B"),
+    ("The object in the top-left corner is a blue square.\nFinal answer: blue square", "B"),
+    ("A careful look shows the red circle overlaps the others; therefore the answer is \\boxed{\\text{A}}", "A"),
+    ("<think>\nMaybe (A)? No.\n</think>\n\n(C)", "C"),
+]
+
+
+@pytest.mark.parametrize("reply,target", COT_CHOICE)
+def test_choice_scoring_of_chain_of_thought(reply, target):
+    assert U.extract_choice(reply, CHOICES) == target
+
+
+def test_exact_scoring_reads_the_stated_answer():
+    assert U.score("The shape is round and red.\nThe answer is \\boxed{\\text{yes}}", "yes", "exact") == 1.0
+    assert U.score("Step 1: look.\nStep 2: the cube is behind the sphere.\nAnswer: behind", "behind", "exact") == 1.0
+    assert U.score("To answer this, note the colour.\nIt is not red.", "red", "exact") == 0.0
+
+
+def test_last_boxed_balances_nested_braces():
+    assert U.last_boxed("x \\boxed{\\frac{a}{b+{c}}} y") == "\\frac{a}{b+{c}}"
+    assert U.last_boxed("\\boxed{1} then \\boxed{2") == "1"  # an unclosed last box is skipped
+    assert U.last_boxed("no box") is None
 
 
 def test_score_by_metric():
