@@ -33,6 +33,7 @@ n rows in one chunk.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -42,6 +43,37 @@ from dopd_vlm.divergences import compute_dtype, entropy, log_prob_at
 from dopd_vlm.loss import MetricSums, check_batch, check_ids, regime_terms, token_coefficients
 from dopd_vlm.routing import RoutingConfig, Thresholds, TokenStats, compute_thresholds, route
 from dopd_vlm.tables import STUDENT, Regime, RoutingTable, get_table
+
+# Chunk sizes. ``routing.lean_chunk_size`` / ``lean_subchunk_size`` default to values measured on
+# CPU (128 / 4 rows). On a GPU such small sub-chunks starve the device (issue 15: lean was
+# 2.4-3.6x slower than dense on an H200), so there the *defaults* are replaced by sizes derived
+# from a memory budget per block; any other configured value is used as given.
+CPU_CHUNKS = (128, 4)  # the RoutingConfig defaults [D, measured on CPU]
+GPU_CHUNK_BYTES = 2 << 30  # ~3 [n, V] float32 blocks of one projection chunk (student, target, grad) [D]
+GPU_SUBCHUNK_BYTES = 1 << 30  # the ~15 [n, V] temporaries of one sub-chunk's divergence graph [D]
+
+
+def chunk_sizes(routing: RoutingConfig, device: torch.device | str, vocab: int) -> tuple[int, int]:
+    """``(chunk rows, sub-chunk rows)`` for this device (see ``CPU_CHUNKS``): the configured values,
+    except that the CPU defaults become budget-derived sizes on CUDA (powers of two, 16..8192)."""
+    chunk, sub = routing.lean_chunk_size, routing.lean_subchunk_size
+    if torch.device(device).type != "cuda" or (chunk, sub) != CPU_CHUNKS:
+        return chunk, sub
+
+    def fit(budget: int, copies: int, lo: int, hi: int) -> int:
+        rows = max(1, budget // (copies * 4 * max(1, vocab)))
+        return max(lo, min(hi, 1 << (rows.bit_length() - 1)))
+
+    chunk = fit(GPU_CHUNK_BYTES, 3, 16, 8192)
+    return chunk, min(chunk, fit(GPU_SUBCHUNK_BYTES, 15, 4, 8192))
+
+
+def for_device(routing: RoutingConfig, device: torch.device | str, vocab: int) -> RoutingConfig:
+    """``routing`` with the chunk sizes of ``chunk_sizes`` (unchanged on CPU)."""
+    chunk, sub = chunk_sizes(routing, device, vocab)
+    if (chunk, sub) == (routing.lean_chunk_size, routing.lean_subchunk_size):
+        return routing
+    return replace(routing, lean_chunk_size=chunk, lean_subchunk_size=sub)
 
 
 def _head(lm_head_V_H: Tensor, vocab_size: int) -> Tensor:
@@ -80,6 +112,9 @@ def lean_token_stats(
     """
     routing = RoutingConfig() if routing is None else routing
     check_batch(response_ids_B_R, response_mask_B_R, None)
+    some_head = next(iter(lm_heads.values()), None)
+    if some_head is not None:
+        routing = for_device(routing, some_head.device, routing.vocab_size or some_head.shape[0])
     rows_N = response_mask_B_R.reshape(-1).nonzero().squeeze(1)
     ids_N = response_ids_B_R.reshape(-1)[rows_N]
     logq: dict[str, Tensor] = {}
@@ -239,7 +274,8 @@ def lean_routed_loss(
         stats: pass-1 statistics from ``lean_token_stats`` (already computed for step-scoped
             thresholds); default = computed here.
         Chunking: ``routing.lean_chunk_size`` rows per projection, ``routing.lean_subchunk_size``
-        rows per divergence graph, ``routing.lean_backward`` fused | checkpoint (module doc).
+        rows per divergence graph (on CUDA the CPU defaults give way to ``chunk_sizes``),
+        ``routing.lean_backward`` fused | checkpoint (module doc).
 
     Returns:
         ``(loss, metrics)`` equal to ``routed_loss(hidden @ lm_head.T ...)`` (loss to float rounding,
@@ -251,6 +287,7 @@ def lean_routed_loss(
     _check_hidden(STUDENT, student_hidden_B_R_H, student_lm_head_V_H, response_ids_B_R)
     student_head_v_H = _head(student_lm_head_V_H, routing.vocab_size)
     vocab = student_head_v_H.shape[0]
+    routing = for_device(routing, student_hidden_B_R_H.device, vocab)
     needed = sorted(table.policies() - {STUDENT})
     missing = [p for p in needed if p not in target_hidden or p not in target_lm_heads]
     if missing:
