@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
             raise  # a library's or a programming error keeps its traceback
         print(f"dopd-vlm {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before a command's own Ctrl-C handling is in place (train/sft: runfolder.py)
+        print(f"dopd-vlm {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

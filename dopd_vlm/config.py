@@ -439,6 +439,8 @@ class RunConfig:
     max_bad_steps: int = opt(3, "stop after N non-finite losses in a row (each skips its update) [D]")
     stop_after_step: int = opt(0, "stop with a checkpoint after this step; 0 = run to max_steps (for tests and resume drills) [D]")
     plots: bool = opt(True, "write plots/*.png and tokens.html at the end [D]")
+    overwrite: bool = opt(False, "a fresh run into an output_dir that holds a run deletes that run's checkpoints, logs and plots first; false = refuse [D RELIABILITY.md]")
+    allow_config_change: bool = opt(False, "resume although the config changes the run (table, data, optimiser, schedule, models); the change is logged in config_changes.jsonl; false = refuse [D RELIABILITY.md]")
 
     def __post_init__(self):
         if self.mixed_precision not in ("no", "bf16", "fp16"):

@@ -58,19 +58,30 @@ def sft_target(record: dict, target: str) -> str:
 
 
 def sft(cfg: SFTConfig) -> Path:
+    """Supervised fine-tuning as configured; returns the final checkpoint folder. Saves every
+    ``run.save_every`` steps and resumes (``run.resume_from``) bit-exactly like ``train``; the run
+    folder is guarded like train's (dopd_vlm/runfolder.py: lock, fresh/resume checks, Ctrl-C)."""
+    from dopd_vlm.runfolder import RunFolder
+
+    with RunFolder(cfg, "sft") as folder:
+        return folder.done(_sft(cfg, folder))
+
+
+def _sft(cfg: SFTConfig, folder) -> Path:
     import torch
     from accelerate.utils import set_seed
     from datasets import DatasetDict, load_from_disk
     from tqdm.auto import tqdm
 
-    from dopd_vlm.checkpoint import TrainerState, save_checkpoint
+    from dopd_vlm.checkpoint import TrainerState, load_trainer_state, save_checkpoint
     from dopd_vlm.collate import collate
     from dopd_vlm.sources import resolve_dataset, resolve_model
     from dopd_vlm.step import trained_logits
-    from dopd_vlm.train import cosine_with_warmup, data_order, load_policy, make_accelerator, param_groups
+    from dopd_vlm.train import _truncate_jsonl, cosine_with_warmup, data_order, load_policy, make_accelerator, param_groups
 
     out = Path(cfg.run.output_dir)
     acc = make_accelerator(mixed_precision=cfg.run.mixed_precision)
+    folder.open(acc)
     set_seed(cfg.optim.seed)
     with acc.main_process_first():
         model_path = resolve_model(cfg.model.model_name_or_path, out)
@@ -80,6 +91,11 @@ def sft(cfg: SFTConfig) -> Path:
         data = data[cfg.data.split]
     if cfg.data.max_samples:
         data = data.select(range(min(cfg.data.max_samples, len(data))))
+    resume_ckpt = folder.resume_checkpoint() if cfg.run.resume_from else None
+    if cfg.run.resume_from:
+        if resume_ckpt is None:
+            raise SystemExit(f"resume_from=latest but no checkpoint in {out}")
+        model_path = str(resume_ckpt)  # save_pretrained weights: loaded like any checkpoint
     pol = load_policy(model_path, cfg.model.dtype, cfg.model.trust_remote_code, cfg.model.attn_implementation,
                       acc.device, chat_template_kwargs=cfg.model.chat_template_kwargs)
     model = pol.model
@@ -89,18 +105,35 @@ def sft(cfg: SFTConfig) -> Path:
     sched = cosine_with_warmup(opt, int(cfg.optim.warmup_ratio * cfg.optim.max_steps), cfg.optim.max_steps)
     model, opt, sched = acc.prepare(model, opt, sched)
     unwrapped = acc.unwrap_model(model)
+    state = TrainerState(step=0, samples_seen=0, extra={})
+    if resume_ckpt is not None:
+        state = load_trainer_state(resume_ckpt, opt, sched)
+        acc.print(f"resumed from {resume_ckpt} at step {state.step}")
     tok = pol.adapter.tokenizer(pol.processor)
     eos_id = pol.adapter.eos_token_ids(unwrapped, pol.processor)[0]
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-        (out / "metrics.jsonl").write_text("")
+        (out / "metrics.jsonl").touch()
+        _truncate_jsonl(out / "metrics.jsonl", state.step)  # steps after the checkpoint are logged again
     B = cfg.optim.batch_size
     t_start = time.perf_counter()
-    step = 0
-    bar = tqdm(total=cfg.optim.max_steps, desc=f"sft ({cfg.data.view})", disable=not acc.is_local_main_process,
+    step = state.step
+    last_step = min(cfg.optim.max_steps, cfg.run.stop_after_step or cfg.optim.max_steps)
+
+    def save(step: int) -> Path:
+        acc.wait_for_everyone()
+        path = out / f"checkpoint-{step:06d}"
+        if acc.is_main_process:
+            path = save_checkpoint(out, step, unwrapped, pol.processor, opt, sched,
+                                   TrainerState(step=step, samples_seen=step * B * acc.num_processes, extra={}),
+                                   keep_last=cfg.run.save_total_limit)
+        acc.wait_for_everyone()
+        return path
+
+    bar = tqdm(total=cfg.optim.max_steps, initial=step, desc=f"sft ({cfg.data.view})", disable=not acc.is_local_main_process,
                dynamic_ncols=True)
-    while step < cfg.optim.max_steps:
+    while step < last_step:
         idx = data_order(len(data), cfg.optim.seed, True, step * B * acc.num_processes + acc.process_index * B, B)
         records = [data[i] for i in idx]
         view = {"plain": "plain", "privileged": "priv", "mixed": ("plain", "priv")[step % 2]}[cfg.data.view]
@@ -130,12 +163,9 @@ def sft(cfg: SFTConfig) -> Path:
         if cfg.optim.time_budget_s and time.perf_counter() - t_start > cfg.optim.time_budget_s:
             acc.print(f"time budget of {cfg.optim.time_budget_s:.0f}s reached at step {step}")
             break
+        if folder.should_stop(acc, step):
+            break  # Ctrl-C: the checkpoint below, then exit 130
+        if cfg.run.save_every and step % cfg.run.save_every == 0 and step < last_step:
+            save(step)
     bar.close()
-    acc.wait_for_everyone()
-    path = out / f"checkpoint-{step:06d}"
-    if acc.is_main_process:
-        path = save_checkpoint(out, step, unwrapped, pol.processor, opt, sched,
-                               TrainerState(step=step, samples_seen=step * B, extra={}),
-                               keep_last=cfg.run.save_total_limit)
-    acc.wait_for_everyone()
-    return path
+    return save(step)

@@ -52,7 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dopd_vlm.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    try:
+        return run(parser.parse_args(argv))
+    except ValueError as e:  # the project's own errors as one line, as `dopd-vlm train` prints them
+        if not type(e).__module__.startswith(("dopd_vlm", "data_builders")):
+            raise
+        print(f"dopd_vlm.train: error: {e}", file=sys.stderr)
+        return 2
 
 
 # ------------------------------------------------------------------------------------------ pieces
@@ -169,6 +175,14 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
 # ------------------------------------------------------------------------------------------ recipe
 def train(cfg: TrainConfig) -> Path:
     """Run on-policy distillation as configured; returns the final checkpoint folder."""
+    from dopd_vlm.runfolder import RunFolder
+
+    with RunFolder(cfg, "train") as folder:  # lock, fresh/resume checks, Ctrl-C (dopd_vlm/runfolder.py)
+        final = _train(cfg, folder)
+        return folder.done(final, ", plots and tokens.html" if cfg.run.plots else "")
+
+
+def _train(cfg: TrainConfig, folder) -> Path:
     import torch
     from accelerate.utils import set_seed
     from datasets import DatasetDict, load_from_disk
@@ -183,6 +197,7 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.run.output_dir)
     accelerator = make_accelerator(mixed_precision=cfg.run.mixed_precision,
                                    log_with=cfg.run.report_to or None, project_dir=str(out))
+    folder.open(accelerator)
     table = get_table(cfg.table)
     set_seed(cfg.optim.seed + accelerator.process_index)
 
@@ -302,6 +317,8 @@ def train(cfg: TrainConfig) -> Path:
             accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=state.step)
         bar.update(1)
         bar.set_postfix(loss=f"{result.metrics.get('loss', float('nan')):.4f}")
+        if folder.should_stop(accelerator, state.step):
+            break  # Ctrl-C: the checkpoint, plots and HTML below, then exit 130
         if cfg.run.save_every and state.step % cfg.run.save_every == 0 and state.step < last_step:
             _save(accelerator, out, state, student, optimizer, scheduler, cfg.run.save_total_limit, save_checkpoint)
     bar.close()

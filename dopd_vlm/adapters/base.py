@@ -56,6 +56,35 @@ def _check_safetensors(path: Path) -> None:
     if not any(path.glob("*.safetensors")) and not (path / "model.safetensors.index.json").exists():
         raise AdapterError(f"{path}: no *.safetensors weights found; this project loads safetensors "
                            "only (convert the checkpoint with save_pretrained(safe_serialization=True))")
+    for file in sorted(path.glob("*.safetensors")):
+        reason = _not_safetensors(file)
+        if reason:
+            raise AdapterError(f"{file}: not a safetensors file ({reason}); refused: this project loads safetensors "
+                               "only, since a pickle runs code when it is loaded")
+
+
+def _not_safetensors(file: Path) -> str:
+    """Why ``file`` is no safetensors file ("" if its header reads as one): an 8-byte little-endian
+    header length, then that many bytes of a JSON object (the safetensors format)."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as fh:
+            head = fh.read(8)
+            if head[:4] == b"PK\x03\x04":
+                return "a zip archive, as torch.save writes: pickled tensors"
+            if head[:1] == b"\x80":
+                return "a pickle"
+            if len(head) < 8:
+                return f"{size} bytes, shorter than a safetensors header"
+            n = int.from_bytes(head, "little")
+            if n > min(size - 8, 100 << 20):
+                return f"its header claims {n} bytes in a {size}-byte file"
+            header = json.loads(fh.read(n).decode("utf-8"))
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+    except (UnicodeDecodeError, ValueError):
+        return "its header is not JSON"
+    return "" if isinstance(header, dict) else "its header is not a JSON object"
 
 
 class Adapter:
@@ -265,6 +294,13 @@ def read_model_type(name_or_path_or_config) -> tuple[str, Any]:
             cfg = json.loads(cfg_file.read_text())
             if "model_type" not in cfg:
                 raise AdapterError(f"{cfg_file}: no 'model_type' field")
+            if cfg.get("auto_map"):
+                from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+                if cfg["model_type"] not in CONFIG_MAPPING_NAMES:
+                    raise AdapterError(f"{cfg_file}: model_type {cfg['model_type']!r} exists only as custom code in the "
+                                       f"checkpoint (auto_map {sorted(cfg['auto_map'])}); refused: no adapter knows this "
+                                       "model type, and a checkpoint's code is not run to find out")
             return cfg["model_type"], cfg
         from transformers import AutoConfig  # a Hub id (works offline when cached)
 
