@@ -48,14 +48,30 @@ SIZES_PX = {"small": 20, "large": 32}  # free layout (project decision)
 FAMILIES = ("count", "exist", "query", "compare", "spatial", "extreme",
             # the narrower templates of demo-notes.md (grid layout): count of a colour, colour at
             # (row, column), shape of the uniquely coloured object
-            "count_color", "color_at", "shape_of_color")
+            "count_color", "color_at", "shape_of_color",
+            # the CPU demo's multi-part / grounded families (several content tokens per answer):
+            # "red two green zero blue one yellow one", "blue triangle", "green circle yes"
+            "count_each_color", "shape_of_color_named", "exist_named")
 BINARY_FAMILIES = ("exist", "compare", "spatial")
-# Project decision (demo-notes.md): the four one-token-answer families the CPU demo was measured on.
-DEMO_FAMILIES = ("count_color", "color_at", "exist", "shape_of_color")
+# Project decision (demo-notes.md): the four one-token-answer families the first CPU demo was measured on.
+GRID_FAMILIES = ("count_color", "color_at", "exist", "shape_of_color")
+# Project decision: the CPU demo's families. Their answers have several content tokens (so DOPD's
+# per-token routing has something to route) and build only on what tiny models learn from pixels
+# (counting, colour/shape binding, existence; color_at is never learned, demo-notes.md).
+DEMO_FAMILIES = ("count_each_color", "shape_of_color_named", "exist_named")
+MULTIPART_FAMILIES = DEMO_FAMILIES
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# An occluded object is drawn as this uniform dark square over its box: the pixels say that a cell
+# is occupied, never what is there; only the privileged text names it (project decision).
+OCCLUDER = (60, 60, 60)
+GAPS = ("perceivable", "privileged_only")
 DEFAULT_FAMILIES = FAMILIES[:6]
 RELATIONS = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
 EXTREMES = ("leftmost", "rightmost", "topmost", "bottommost")
 FREE_GAP_PX = 4  # project decision: boxes never touch each other or the border
+
+
+GRID_LAYOUTS = ("grid", "occluded")
 
 
 @dataclass(frozen=True)
@@ -70,11 +86,22 @@ class Layout:
     cell_px: int = 28
     grid: int = 3
     object_px: int = 22
+    hidden_prob: float = 0.0  # chance that a scene has one occluded object (grid layouts)
+    privileged_only_prob: float = 0.0  # share of questions whose answer needs the occluded object
+
+    @property
+    def is_grid(self) -> bool:
+        return self.name in GRID_LAYOUTS
 
 
 LAYOUTS = {
     # demo-notes.md: 3x3 cells of 28 px, 2-6 objects, 4 colours
     "grid": Layout("grid", 84, 2, 6, ("red", "green", "blue", "yellow")),
+    # the CPU demo: the grid with one occluded object in half of the scenes; a third of the questions
+    # are drawn so that their answer depends on it ("privileged_only"), the rest are answered by the
+    # visible objects alone ("perceivable") - project decision (issue 14)
+    "occluded": Layout("occluded", 84, 2, 6, ("red", "green", "blue", "yellow"), hidden_prob=0.5,
+                       privileged_only_prob=1 / 3),
     # data.md: 3-7 objects; 224 px = 8 x 28 = 7 x 32 (whole patches for patch 14 and patch 16) - project decision
     "free": Layout("free", 224, 3, 7, tuple(COLORS)),
 }
@@ -93,7 +120,7 @@ def make_scene(rng: random.Random, layout: Layout) -> dict:
     """Sample objects (attributes and exact boxes) for one scene; relationships from boxes."""
     n = rng.randint(layout.min_objects, layout.max_objects)
     objects = []
-    if layout.name == "grid":
+    if layout.is_grid:
         cells = rng.sample(range(layout.grid * layout.grid), n)
         for cell in sorted(cells):
             r, c = divmod(cell, layout.grid)
@@ -102,6 +129,10 @@ def make_scene(rng: random.Random, layout: Layout) -> dict:
             objects.append({"shape": rng.choice(SHAPES), "color": rng.choice(layout.colors), "size": None,
                             "bbox": [x1, y1, x1 + layout.object_px, y1 + layout.object_px],
                             "row": r + 1, "column": c + 1})
+        if layout.hidden_prob:
+            hide = rng.choice(range(n)) if rng.random() < layout.hidden_prob else None
+            for i, o in enumerate(objects):
+                o["hidden"] = i == hide
     else:
         while len(objects) < n:
             objects = []
@@ -153,7 +184,10 @@ def render_scene(scene: dict):
     d = ImageDraw.Draw(im)
     for o in scene["objects"]:
         x1, y1, x2, y2 = o["bbox"]
-        fill = COLORS[o["color"]]
+        fill = OCCLUDER if o.get("hidden") else COLORS[o["color"]]
+        if o.get("hidden"):  # a uniform cover over the whole box: nothing of the object shows
+            d.rectangle([x1, y1, x2 - 1, y2 - 1], fill=fill)
+            continue
         # PIL boxes are inclusive: the last pixel of a box [x1, x2) is x2 - 1.
         if o["shape"] == "square":
             d.rectangle([x1, y1, x2 - 1, y2 - 1], fill=fill)
@@ -188,11 +222,11 @@ def caption(scene: dict, style: str = "cells") -> str:
     if style not in CAPTION_STYLES:
         raise ValueError(f"caption style must be one of {CAPTION_STYLES}, got {style!r}")
     objs = scene["objects"]
-    if scene["layout"] == "grid" and style == "slots":
+    if scene["layout"] in GRID_LAYOUTS and style == "slots":
         n = LAYOUTS["grid"].grid
         at = {(o["row"], o["column"]): _label(o) for o in objs}
         return ", ".join(at.get((r, c), "empty") for r in range(1, n + 1) for c in range(1, n + 1)) + "."
-    if scene["layout"] == "grid":
+    if scene["layout"] in GRID_LAYOUTS:
         return "; ".join(describe(o) for o in objs) + "."
     objs = sorted(objs, key=lambda o: o["pixel_coords"][0])
     return "From left to right: " + ", ".join(f"a {_label(o)}" for o in objs) + "."
@@ -296,8 +330,8 @@ def make_question(rng: random.Random, scene: dict, family: str, layout: Layout) 
         p.add("count", [p.select(desc)])
         q = f"How many {_phrase(desc, plural=True)} are there?"
     elif family == "color_at":
-        if layout.name != "grid":
-            raise ValueError("question family 'color_at' needs the grid layout")
+        if not layout.is_grid:
+            raise ValueError("question family 'color_at' needs a grid layout")
         target = rng.choice(objs)
         desc = {"row": target["row"], "column": target["column"]}
         p.add("query_color", [p.add("unique", [p.select(desc)])])
@@ -309,6 +343,25 @@ def make_question(rng: random.Random, scene: dict, family: str, layout: Layout) 
             raise NoQuestion
         p.add("query_shape", [p.add("unique", [p.select(desc)])])
         q = f"What shape is the {_phrase(desc)}?"
+    elif family == "count_each_color":
+        counts = [p.add("count", [p.select({"color": c})]) for c in layout.colors]
+        p.add("answer_parts", counts, list(layout.colors))
+        q = "How many objects of each color are there?"
+    elif family == "shape_of_color_named":
+        target = rng.choice(objs)
+        desc = {"color": target["color"]}
+        if sum(_matches(o, desc) for o in objs) != 1:
+            raise NoQuestion
+        i = p.add("query_shape", [p.add("unique", [p.select(desc)])])
+        p.add("answer_parts", [i], [target["color"]])
+        q = f"What shape is the {_phrase(desc)}?"
+    elif family == "exist_named":
+        o = rng.choice(objs)
+        desc = {"color": o["color"], "shape": o["shape"]} if rng.random() < 0.5 else \
+            {"color": rng.choice(layout.colors), "shape": rng.choice(SHAPES)}
+        i = p.add("exist", [p.select(desc)])
+        p.add("answer_parts", [i], [f"{desc['color']} {desc['shape']}"])
+        q = f"Is there a {_phrase(desc)}?"
     elif family == "exist":
         # Half the time ask about an object that is present, so that yes/no are balanced.
         if rng.random() < 0.5:
@@ -322,7 +375,7 @@ def make_question(rng: random.Random, scene: dict, family: str, layout: Layout) 
     elif family == "query":
         target = rng.choice(objs)
         attr = rng.choice(tuple(attrs_all))
-        if layout.name == "grid" and rng.random() < 0.5:
+        if layout.is_grid and rng.random() < 0.5:
             desc = {"row": target["row"], "column": target["column"]}
         else:
             desc = _unique_desc(rng, scene, target, exclude=(attr,))
@@ -384,6 +437,35 @@ def _extreme(objs: list[dict], which: str) -> dict | None:
 
 
 # ------------------------------------------------------------------------------- executor
+def _word(v) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return NUMBER_WORDS[v]
+    return str(v)
+
+
+def visible_scene(scene: dict) -> dict:
+    """The scene as the image shows it: occluded objects removed (ids renumbered)."""
+    objs = [dict(o) for o in scene["objects"] if not o.get("hidden")]
+    for i, o in enumerate(objs):
+        o["id"] = i
+    return {**scene, "objects": objs, "relationships": relationships(objs)}
+
+
+def gap_of(program: list[dict], scene: dict) -> str:
+    """``perceivable`` when the visible objects alone give the same answer, else ``privileged_only``
+    (the answer needs an occluded object, which only the privileged text names)."""
+    if not any(o.get("hidden") for o in scene["objects"]):
+        return "perceivable"
+    full = execute_program(program, scene)[0]
+    try:
+        vis = execute_program(program, visible_scene(scene))[0]
+    except ProgramError:
+        return "privileged_only"
+    return "perceivable" if vis == full else "privileged_only"
+
+
 def _describe_value(v, scene) -> str:
     objs = scene["objects"]
     if isinstance(v, list):
@@ -438,6 +520,9 @@ def execute_program(program: list[dict], scene: dict) -> tuple[str, list[str]]:
             v = args[0] == args[1]
         elif fn == "greater_than":
             v = args[0] > args[1]
+        elif fn == "answer_parts":
+            # the multi-part answer of the demo families: each part named, numbers as words
+            v = " ".join(f"{name} {_word(a)}" for name, a in zip(vi, args))
         elif fn == "less_than":
             v = args[0] < args[1]
         elif fn == "union":
@@ -461,6 +546,7 @@ _HINTS = {
     "less_than": "Compare the first count with the second.",
     "union": "Take both groups together.",
     "intersect": "Keep the objects in both groups.",
+    "answer_parts": "Name each part with its answer.",
 }
 
 
@@ -509,6 +595,15 @@ def generate(n: int, seed: int = 0, split: str = "train", layout: str = "grid",
         family = rng.choice(list(families))
         # Yes/no families: draw the answer first and keep only instances that give it (balanced).
         want = rng.choice(("yes", "no")) if family in BINARY_FAMILIES else None
+        want_gap = None
+        if lay.privileged_only_prob:
+            want_gap = "privileged_only" if rng.random() < lay.privileged_only_prob else "perceivable"
+            if family == "exist_named":
+                # a privileged-only existence question is always "yes" (only the occluded object
+                # matches); perceivable ones are mostly "no" so that yes/no stay balanced overall
+                p_yes = 1.0 if want_gap == "privileged_only" else \
+                    (0.5 - lay.privileged_only_prob) / (1 - lay.privileged_only_prob)
+                want = "yes" if rng.random() < p_yes else "no"
         q = None
         for _scene_try in range(1000):
             if q is not None:
@@ -519,9 +614,13 @@ def generate(n: int, seed: int = 0, split: str = "train", layout: str = "grid",
                     cand = make_question(rng, scene, family, lay)
                 except NoQuestion:
                     continue
-                if want is None or execute_program(cand["program"], scene)[0] == want:
-                    q = cand
-                    break
+                ans = execute_program(cand["program"], scene)[0]
+                if want is not None and ans.split()[-1] != want:
+                    continue
+                if want_gap is not None and gap_of(cand["program"], scene) != want_gap:
+                    continue
+                q = cand
+                break
         if q is None:
             raise RuntimeError(f"no {family!r} question found in 1000 {layout} scenes (item {idx})")
         answer, _ = execute_program(q["program"], scene)
@@ -530,6 +629,8 @@ def generate(n: int, seed: int = 0, split: str = "train", layout: str = "grid",
         question = {"split": split, "image_index": idx, "image_filename": fname, "question_index": idx,
                     "question": q["question"], "answer": answer, "program": q["program"],
                     "question_family": family, "question_family_index": FAMILIES.index(family)}
+        if want_gap is not None:
+            question["gap"] = want_gap
         yield scene, question, render_scene(scene)
 
 
@@ -568,6 +669,10 @@ VARIANTS = {  # the privileged variants of data.md, by name -> kinds
 }
 
 
+# the instruction of the multi-part demo families (project decision)
+INSTRUCTION_PARTS = "Answer with each part and its answer."
+
+
 def scene_record(scene: dict, question: dict, image, seed: int, caption_style: str = "cells") -> dict:
     """A record (``records.py`` schema) with every privileged signal of the scene filled in."""
     from dopd_vlm.privileged import redact_answer
@@ -581,7 +686,7 @@ def scene_record(scene: dict, question: dict, image, seed: int, caption_style: s
         id=f"{SOURCE_NAME}/{scene['layout']}/{split}/{idx:06d}",
         source={"dataset": SOURCE_NAME, "config": scene["layout"], "split": split, "revision": f"seed={seed}"},
         images=[img], image_size=size, question=question["question"], answer=answer,
-        instruction=INSTRUCTION_WORD,
+        instruction=INSTRUCTION_PARTS if question["question_family"] in MULTIPART_FAMILIES else INSTRUCTION_WORD,
         privileged={
             "captions": [caption(scene, caption_style)],
             "regions": regions(scene),
@@ -593,7 +698,9 @@ def scene_record(scene: dict, question: dict, image, seed: int, caption_style: s
         },
         meta={"question_family": question["question_family"], "layout": scene["layout"], "seed": seed,
               "caption_style": caption_style,
-              "image_filename": scene["image_filename"]},
+              "image_filename": scene["image_filename"],
+              **({"gap": question["gap"], "eval_group": f"{question['question_family']}/{question['gap']}"}
+                 if "gap" in question else {})},
     )
 
 

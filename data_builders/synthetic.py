@@ -45,10 +45,13 @@ def build_synthetic(out_dir: str | os.PathLike, n_train: int | None = DEFAULT_N[
                     n_test: int | None = DEFAULT_N["test"], seed: int = 0, layout: str = "grid",
                     privileged_kinds=S.DEFAULT_KINDS, families=S.DEFAULT_FAMILIES, leak_policy: str = "keep",
                     templates: dict | None = None, clevr: bool = True, parquet: bool = False, jsonl: bool = False,
-                    overwrite: bool = False, quiet: bool = False, caption_style: str = "cells"):
+                    overwrite: bool = False, quiet: bool = False, caption_style: str = "cells",
+                    n_val: int | None = 0):
     """Generate, write and reload the dataset -> ``datasets.DatasetDict`` (splits with n > 0).
 
     ``caption_style``: ``cells`` or ``slots`` (grid layout; see ``scenes.caption``).
+    ``n_val``: size of an optional ``val`` split (its own generator stream, no item equal to a train
+    item), for choosing settings without looking at the test split.
     ``leak_policy`` defaults to ``keep`` (project decision): labels of boxes necessarily name the
     colours and shapes that perception questions ask about, and boxes with labels are the paper's
     best VLM privilege (Table 5); the flag ``meta.privileged_states_answer`` and the counts in
@@ -57,15 +60,15 @@ def build_synthetic(out_dir: str | os.PathLike, n_train: int | None = DEFAULT_N[
     from datasets import load_from_disk
 
     kinds = list(privileged_kinds)
-    sizes = {"train": n_train, "test": n_test}
+    sizes = {"train": n_train, "val": n_val, "test": n_test}
     splits, summaries, raw = {}, [], {}
     train_sigs: set[str] = set()
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):
         n = sizes[split]
         if not n:
             continue
         items, skipped, sigs = synthetic_records(split, n, seed, layout, families,
-                                                 exclude=train_sigs if split == "test" else None)
+                                                 exclude=train_sigs if split != "train" else None)
         if split == "train":
             train_sigs = sigs
         from tqdm.auto import tqdm
@@ -77,7 +80,10 @@ def build_synthetic(out_dir: str | os.PathLike, n_train: int | None = DEFAULT_N[
             leaks.append(leak)
             encoded.append((scene, q, rec["images"][0]["bytes"]))  # reused for the CLEVR files
         recs, leak_counts = apply_leak_policy(recs, leaks, leak_policy)
-        summ = Summary(split=split, rows_in=len(items) + len(skipped), kept=len(recs), skipped=skipped, leak=leak_counts)
+        from dopd_vlm.privilege_check import empty_privilege_counts
+
+        summ = Summary(split=split, rows_in=len(items) + len(skipped), kept=len(recs), skipped=skipped, leak=leak_counts,
+                       privileged_empty=empty_privilege_counts(recs, kinds))
         summaries.append(summ)
         splits[split] = records_dataset(recs)
         raw[split] = encoded

@@ -69,7 +69,7 @@ def solve(question: str, objs: list[dict]) -> str:
 
 # ----------------------------------------------------------------------------------------- tests
 @pytest.mark.parametrize("layout,families", [("grid", S.DEFAULT_FAMILIES), ("free", S.DEFAULT_FAMILIES),
-                                             ("grid", S.DEMO_FAMILIES)])
+                                             ("grid", S.GRID_FAMILIES)])
 def test_answers_rederived_independently(layout, families):
     items = list(S.generate(300, seed=3, layout=layout, families=families))
     fams = collections.Counter(q["question_family"] for _, q, _ in items)
@@ -178,8 +178,8 @@ def test_unknown_layout_or_family_fails():
         next(S.generate(1, families=["riddle"]))
 
 
-def test_demo_families_match_demo_notes():
-    items = list(S.generate(400, seed=0, layout="grid", families=S.DEMO_FAMILIES))
+def test_grid_families_match_demo_notes():
+    items = list(S.generate(400, seed=0, layout="grid", families=S.GRID_FAMILIES))
     for _, q, _ in items:
         fam = q["question_family"]
         if fam == "count_color":
@@ -210,3 +210,73 @@ def test_caption_styles():
     assert S.caption(scene, "cells").startswith(S.describe(scene["objects"][0]))
     with pytest.raises(ValueError, match="caption style"):
         S.caption(scene, "poem")
+
+
+# ------------------------------------------------------------------- the demo's occluded layout
+NUM = {w: i for i, w in enumerate(S.NUMBER_WORDS)}
+
+
+def solve_parts(question: str, objs: list[dict]) -> str:
+    """Reference solver of the multi-part demo families, from the question text and objects only."""
+    if question == "How many objects of each color are there?":
+        return " ".join(f"{c} {S.NUMBER_WORDS[sum(o['color'] == c for o in objs)]}"
+                        for c in ("red", "green", "blue", "yellow"))
+    if m := re.fullmatch(r"What shape is the (\w+) object\?", question):
+        (o,) = [o for o in objs if o["color"] == m.group(1)]
+        return f"{m.group(1)} {o['shape']}"
+    m = re.fullmatch(r"Is there a (\w+) (\w+)\?", question)
+    assert m, question
+    found = any(o["color"] == m.group(1) and o["shape"] == m.group(2) for o in objs)
+    return f"{m.group(1)} {m.group(2)} {'yes' if found else 'no'}"
+
+
+def test_occluded_answers_and_gap_rederived_independently():
+    items = list(S.generate(450, seed=5, layout="occluded", families=S.DEMO_FAMILIES))
+    gaps = collections.Counter()
+    for scene, q, _ in items:
+        objs = scene["objects"]
+        assert solve_parts(q["question"], objs) == q["answer"], q
+        visible = [o for o in objs if not o["hidden"]]
+        try:
+            vis_answer = solve_parts(q["question"], visible)
+        except ValueError:  # the unique referent is the covered object
+            vis_answer = None
+        want = "perceivable" if vis_answer == q["answer"] else "privileged_only"
+        assert q["gap"] == want, q
+        gaps[q["gap"]] += 1
+        assert sum(o["hidden"] for o in objs) <= 1
+    # a third of the questions need the covered object (Layout.privileged_only_prob)
+    assert abs(gaps["privileged_only"] / len(items) - 1 / 3) < 0.08, gaps
+    exist = collections.Counter(q["answer"].split()[-1] for _, q, _ in items if q["question_family"] == "exist_named")
+    assert abs(exist["yes"] - exist["no"]) <= 0.25 * sum(exist.values()), exist
+    lens = {f: {len(q["answer"].split()) for _, q, _ in items if q["question_family"] == f} for f in S.DEMO_FAMILIES}
+    assert lens == {"count_each_color": {8}, "shape_of_color_named": {2}, "exist_named": {3}}
+
+
+def test_occluded_object_shows_nothing_but_the_slots_name_it():
+    seen = 0
+    for scene, q, im in S.generate(60, seed=2, layout="occluded", families=S.DEMO_FAMILIES):
+        px = np.asarray(im)
+        for o in scene["objects"]:
+            x1, y1, x2, y2 = o["bbox"]
+            box = px[y1:y2, x1:x2].reshape(-1, 3)
+            if o["hidden"]:
+                seen += 1
+                assert (box == np.array(S.OCCLUDER)).all()  # a uniform cover: colour and shape are gone
+            else:
+                assert (box == np.array(S.COLORS[o["color"]])).all(axis=1).any()
+        slots = S.caption(scene, "slots").rstrip(".").split(", ")
+        for o in scene["objects"]:  # the privileged text names every object, covered or not
+            assert slots[3 * (o["row"] - 1) + o["column"] - 1] == f"{o['color']} {o['shape']}"
+    assert seen > 10
+
+
+def test_occluded_records_carry_the_gap_tag():
+    scene, q, im = next(S.generate(1, seed=0, layout="occluded", families=["count_each_color"]))
+    rec = S.scene_record(scene, q, im, seed=0, caption_style="slots")
+    assert rec["meta"]["gap"] in S.GAPS
+    assert rec["meta"]["eval_group"] == f"count_each_color/{rec['meta']['gap']}"
+    assert rec["prompt"][0]["content"][-1]["text"].endswith(S.INSTRUCTION_PARTS)
+    # the grid layout's records and scenes are unchanged (no hidden flag, no gap)
+    scene, q, im = next(S.generate(1, seed=0, layout="grid"))
+    assert "hidden" not in scene["objects"][0] and "gap" not in q
