@@ -87,3 +87,23 @@ def test_cli_build_synthetic(tmp_path, capsys):
     assert main(["build", "synthetic_scenes", "--out", str(out), "--limit", "5", "--overwrite"]) == 0
     assert {k: len(v) for k, v in load_from_disk(str(out)).items()} == {"train": 5, "test": 5}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_build_synthetic_occluded_with_val_split(tmp_path):
+    """The demo's build: train / val / test, the slot-list privileged text, gap tags on every row."""
+    from data_builders.scenes import DEMO_FAMILIES
+
+    dd = build_synthetic(tmp_path / "occ", n_train=60, n_val=20, n_test=20, seed=0, layout="occluded",
+                         families=DEMO_FAMILIES, privileged_kinds=["captions"], caption_style="slots", quiet=True)
+    assert {k: len(v) for k, v in dd.items()} == {"train": 60, "val": 20, "test": 20}
+    for split in dd:
+        for rec in dd[split]:
+            validate_record(rec)
+            assert rec["privileged_context"].startswith("Caption: ")
+            assert len(rec["privileged_context"].removeprefix("Caption: ").split(", ")) == 9
+            assert rec["meta"]["gap"] in ("perceivable", "privileged_only")
+            assert rec["meta"]["eval_group"] == f"{rec['meta']['question_family']}/{rec['meta']['gap']}"
+    # the val split is its own stream: no scene+question equal to a train one
+    train = {(r["privileged_context"], r["question"]) for r in dd["train"].select_columns(["privileged_context", "question"])}
+    val = {(r["privileged_context"], r["question"]) for r in dd["val"].select_columns(["privileged_context", "question"])}
+    assert not train & val and val != {(r["privileged_context"], r["question"]) for r in dd["test"]}
