@@ -19,7 +19,10 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
+import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +70,7 @@ class Summary:
     skipped: list[dict] = field(default_factory=list)  # {index, id, category, reason}
     leak: dict = field(default_factory=dict)
     contamination_dropped: int = 0
+    duplicates: dict | None = None  # {policy, ids, rows_dropped} (resolve_duplicate_ids; issue 16)
 
     def as_dict(self) -> dict:
         reasons: dict[str, int] = {}
@@ -74,7 +78,7 @@ class Summary:
             reasons[s["category"]] = reasons.get(s["category"], 0) + 1
         return {"split": self.split, "rows_in": self.rows_in, "kept": self.kept, "skipped": len(self.skipped),
                 "skip_reasons": reasons, "skipped_rows": self.skipped[:1000], "leak": self.leak,
-                "contamination_dropped": self.contamination_dropped}
+                "contamination_dropped": self.contamination_dropped, "duplicates": self.duplicates}
 
     def text(self) -> str:
         lines = [f"[{self.split}] rows {self.rows_in}: kept {self.kept}, skipped {len(self.skipped)}"
@@ -82,6 +86,9 @@ class Summary:
         if self.leak:
             lines.append(f"[{self.split}] privileged text states the answer in {self.leak['leaked']} of "
                          f"{self.leak['checked']} rows (policy {self.leak['policy']}, dropped {self.leak['dropped']})")
+        if self.duplicates and self.duplicates.get("ids"):
+            lines.append(f"[{self.split}] {self.duplicates['ids']} record id(s) occur more than once "
+                         f"(--duplicates {self.duplicates['policy']}: dropped {self.duplicates['rows_dropped']} later rows)")
         for s in self.skipped[:20]:
             lines.append(f"  skipped row {s['index']} ({s['id']}): {s['reason']}")
         if len(self.skipped) > 20:
@@ -90,12 +97,57 @@ class Summary:
 
 
 # ------------------------------------------------------------------------------ finalising
-def finalize_record(rec: dict, kinds: list[str] | None, templates: dict | None = None) -> tuple[dict, bool]:
-    """Validate, render ``privileged_context`` (canonical absolute boxes) -> (record, leaks answer).
+class DuplicateIdError(ValueError):
+    """Records share an id under ``--duplicates error`` (the message names the first id and the count)."""
+
+
+class DatasetWriteError(OSError, ValueError):
+    """Writing the dataset failed (disk full, permissions, ...): the message names the path and the cause.
+
+    An ``OSError`` (what it wraps) and a ``ValueError`` (the CLI prints the project's ValueErrors as one line)."""
+
+
+# Defaults of the build-time image checks (``--max-aspect-ratio``, ``--min-image-side``): the
+# strictest limits of the supported processors (dopd_vlm.images.MAX_ASPECT_RATIO: Qwen-VL's
+# smart_resize refuses a ratio above 200; transformers 5 upsamples images smaller than a patch,
+# so any side of at least 1 px is taken).
+DEFAULT_IMAGE_LIMITS = {"max_aspect_ratio": 200.0, "min_side": 1}
+
+
+def _image_size_of(im) -> tuple[int, int]:
+    from PIL import Image
+
+    if isinstance(im, Image.Image):
+        return im.size
+    with Image.open(io.BytesIO(im["bytes"])) if im.get("bytes") else Image.open(im["path"]) as pim:
+        return pim.size  # the header alone: images were decoded and converted by resolve_image
+
+
+def check_images(rec: dict, limits: dict | None = None) -> None:
+    """Refuse (``SkipRow``) a record whose images a model processor cannot take, and a record whose
+    ``meta.image_size`` is not the size of ``images[0]`` as stored (``RecordError``)."""
+    from dopd_vlm.images import processor_refusal
+
+    lim = {**DEFAULT_IMAGE_LIMITS, **(limits or {})}
+    for i, im in enumerate(rec["images"]):
+        size = _image_size_of(im)
+        if i == 0 and list(size) != list(rec["meta"]["image_size"]):
+            raise RecordError(rec["id"], "meta.image_size", f"{rec['meta']['image_size']} but images[0] is "
+                                                             f"{size[0]}x{size[1]}")
+        why = processor_refusal(size, lim["max_aspect_ratio"], lim["min_side"])
+        if why:
+            raise SkipRow(f"image unsupported by the model processors: images[{i}] {why}")
+
+
+def finalize_record(rec: dict, kinds: list[str] | None, templates: dict | None = None,
+                    image_limits: dict | None = None) -> tuple[dict, bool]:
+    """Validate, check images, render ``privileged_context`` (canonical absolute boxes) -> (record, leaks answer).
 
     ``kinds=None`` keeps the kinds the record was built with (``meta.privileged_kinds``; re-imports).
+    ``image_limits``: ``{max_aspect_ratio, min_side}`` over ``DEFAULT_IMAGE_LIMITS`` (``check_images``).
     """
     validate_record(rec)
+    check_images(rec, image_limits)
     if kinds is None:
         kinds = list(rec["meta"].get("privileged_kinds") or [])
     size = rec["meta"].get("image_size")
@@ -135,10 +187,11 @@ def _empty_row(rid: str) -> dict:
 
 def convert_dataset(ds, convert, ctx: BuildContext, kinds: list[str], templates: dict | None = None,
                     on_error: str = "skip", num_proc: int | None = None, desc: str = "converting",
-                    work_dir: str | os.PathLike | None = None):
+                    work_dir: str | os.PathLike | None = None, image_limits: dict | None = None):
     """Map source rows to records -> (records Dataset with _leak column, skipped [{index, id, reason}]).
 
     ``work_dir``: where ``datasets.map`` writes its Arrow file (instead of the shared HF cache).
+    ``image_limits``: see ``finalize_record``.
     """
     import uuid
 
@@ -150,9 +203,10 @@ def convert_dataset(ds, convert, ctx: BuildContext, kinds: list[str], templates:
     def fn(row, idx):
         try:
             rec = convert(row, ctx, idx)
-            rec, leak = finalize_record(rec, kinds, templates)
+            rec, leak = finalize_record(rec, kinds, templates, image_limits)
             return {**rec, "_skip": None, "_cat": None, "_index": idx, "_leak": leak}
-        except (SkipRow, RecordError, KeyError, TypeError, ValueError, IndexError) as e:
+        except (SkipRow, RecordError, KeyError, TypeError, ValueError, IndexError, OSError) as e:
+            # OSError: a file the converter reads (scene JSON, image) that cannot be read
             # KeyError / TypeError / ...: a row whose nested values do not have the documented shape
             if on_error == "stop":
                 raise RecordError(ctx.record_id(f"row{idx}"), "<row>", f"source row {idx}: {type(e).__name__}: {e} "
@@ -161,6 +215,8 @@ def convert_dataset(ds, convert, ctx: BuildContext, kinds: list[str], templates:
                 category = f"invalid {e.field}"
             elif isinstance(e, SkipRow):
                 category = str(e).split(":")[0]
+            elif isinstance(e, OSError):
+                category, e = "unreadable file", SkipRow(f"unreadable file: {type(e).__name__}: {e}")
             else:
                 category, e = "malformed row", SkipRow(f"malformed row: {type(e).__name__}: {e}")
             rid = e.record_id if isinstance(e, RecordError) and e.record_id else ctx.record_id(f"row{idx}")
@@ -194,6 +250,44 @@ def records_dataset(records: list[dict]):
     return Dataset.from_list(records, features=feats)
 
 
+# ------------------------------------------------------------------------------- duplicate ids
+DUPLICATE_POLICIES = ("error", "drop-later")
+
+
+def resolve_duplicate_ids(ds, policy: str = "error") -> tuple:
+    """Records sharing an ``id`` -> (dataset, skipped entries, counts).
+
+    ``error`` (the default, project decision: an id names one example, and two rows under one id
+    would be trained, scored and exported as one) raises ``DuplicateIdError``; ``drop-later`` keeps
+    the first row of each id and reports every later one as a skip (category "duplicate id").
+    """
+    if policy not in DUPLICATE_POLICIES:
+        raise ValueError(f"duplicates policy must be one of {DUPLICATE_POLICIES}, got {policy!r}")
+    ids = ds["id"]
+    index = ds["_index"] if "_index" in ds.column_names else list(range(len(ids)))
+    first: dict[str, int] = {}
+    later: list[int] = []
+    for i, rid in enumerate(ids):
+        if rid in first:
+            later.append(i)
+        else:
+            first[rid] = i
+    n_ids = len({ids[i] for i in later})
+    counts = {"policy": policy, "ids": n_ids, "rows_dropped": 0}
+    if not later:
+        return ds, [], counts
+    if policy == "error":
+        rid = ids[later[0]]
+        raise DuplicateIdError(f"{n_ids} record id(s) occur more than once ({len(later)} extra rows), first {rid!r} "
+                               f"(source rows {index[first[rid]]} and {index[later[0]]}); pass --duplicates drop-later "
+                               "to keep the first row of each id")
+    skipped = [{"index": index[i], "id": ids[i], "category": "duplicate id",
+                "reason": f"duplicate id: {ids[i]!r} is also source row {index[first[ids[i]]]} (kept)"} for i in later]
+    drop = set(later)
+    counts["rows_dropped"] = len(later)
+    return ds.select([i for i in range(len(ids)) if i not in drop]), skipped, counts
+
+
 # ---------------------------------------------------------------------------- contamination
 def image_content_hash(image) -> str:
     """sha256 of the decoded pixels (mode RGB) and size: the same picture in another file format hashes equal."""
@@ -205,7 +299,12 @@ def image_content_hash(image) -> str:
         image = Image.open(io.BytesIO(image))
     elif isinstance(image, (str, os.PathLike)):
         image = Image.open(image)
-    im = image.convert("RGB")
+    from dopd_vlm.images import ImageConversionError, normalize_image
+
+    try:  # the pixels the build stores (oriented, 8-bit RGB), so an eval file and its training copy agree
+        im, _ = normalize_image(image)
+    except ImageConversionError:
+        im = image.convert("RGB")
     h = hashlib.sha256(f"{im.size[0]}x{im.size[1]}:".encode())
     h.update(im.tobytes())
     return h.hexdigest()
@@ -262,9 +361,83 @@ def drop_contaminated(ds, eval_hashes: set[str]):
 
 
 # ----------------------------------------------------------------------------------- writing
-def _tmp_dir(out: Path) -> Path:
+# Project decision: a temporary folder whose owner is alive (or on another host) is left alone until
+# it is this old; no build writes one for two days.
+STALE_TEMP_AGE_S = 2 * 24 * 3600
+_HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+
+
+def _tmp_dir(out: Path, kind: str = "tmp") -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
-    return out.parent / f".{out.name}.tmp-{os.getpid()}-{int(time.time() * 1000)}"
+    return out.parent / f".{out.name}.{kind}-{os.getpid()}-{int(time.time() * 1000)}-{_HOST}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temp(out: str | os.PathLike, max_age_s: float = STALE_TEMP_AGE_S) -> list[str]:
+    """Remove what killed builds of ``out`` left next to it -> the names removed (each also printed).
+
+    ``.NAME.tmp-PID-MS-HOST`` / ``.NAME.work-PID-MS-HOST`` folders go when PID is not running on this
+    host, or when older than ``max_age_s``; a ``.NAME.old-PID`` folder (a kill between the two renames
+    of an overwrite) is renamed back to ``NAME`` when ``NAME`` is missing, else removed. Folders of a
+    live build are never touched.
+    """
+    out = Path(out)
+    if not out.parent.is_dir():
+        return []
+    pat = re.compile(rf"^\.{re.escape(out.name)}\.(tmp|work|old)-(\d+)(?:-\d+)?(?:-(.+))?$")
+    removed = []
+    for entry in sorted(out.parent.iterdir()):
+        m = pat.match(entry.name)
+        if not m or not entry.is_dir():
+            continue
+        kind, pid, host = m.group(1), int(m.group(2)), m.group(3)
+        try:
+            age = time.time() - entry.stat().st_mtime
+        except OSError:
+            continue
+        same_host = host is None or host == _HOST or kind == "old"
+        if not ((same_host and pid != os.getpid() and not _pid_alive(pid)) or age > max_age_s):
+            continue
+        if kind == "old" and not out.exists():
+            os.replace(entry, out)
+            print(f"restored {out} from {entry.name} (an overwrite was interrupted)", file=sys.stderr)
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry.name)
+        print(f"removed stale temporary folder {entry} (left by build process {pid}, which is not running)",
+              file=sys.stderr)
+    return removed
+
+
+def make_work_dir(out: str | os.PathLike) -> Path:
+    """A fresh work folder next to ``out`` (for ``datasets.map``'s Arrow files), after removing stale ones."""
+    out = Path(out)
+    remove_stale_temp(out)
+    d = _tmp_dir(out, "work")
+    d.mkdir()
+    return d
+
+
+def _write_error(e: OSError, out: Path, tmp: Path) -> DatasetWriteError:
+    import errno
+
+    code = errno.errorcode.get(e.errno, "") if e.errno else ""
+    cause = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+             errno.EFBIG: "file too large for this file system or process limit",
+             errno.EROFS: "read-only file system", errno.EACCES: "permission denied"}.get(e.errno, e.strerror or str(e))
+    where = e.filename or tmp
+    return DatasetWriteError(f"cannot write dataset {out}: {cause}{f' ({code})' if code else ''} while writing {where}; "
+                             f"{'the previous dataset is unchanged' if out.exists() else 'nothing was written'} and "
+                             "the temporary folder was removed")
 
 
 def write_outputs(splits: dict, out_dir: str | os.PathLike, summaries: list[Summary], parquet: bool = False,
@@ -277,9 +450,10 @@ def write_outputs(splits: dict, out_dir: str | os.PathLike, summaries: list[Summ
     from datasets import DatasetDict
 
     out = Path(out_dir)
+    remove_stale_temp(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"output folder {out} exists; pass --overwrite to replace it")
-    tmp = _tmp_dir(out)
+    tmp, old = _tmp_dir(out), None
     try:
         dd = DatasetDict({name: ds.remove_columns([c for c in _PRIVATE if c in ds.column_names])
                           for name, ds in splits.items()})
@@ -298,13 +472,18 @@ def write_outputs(splits: dict, out_dir: str | os.PathLike, summaries: list[Summ
             extra_writer(tmp)
         with open(tmp / "build_summary.json", "w") as f:
             json.dump({**(extra or {}), "splits": [s.as_dict() for s in summaries]}, f, indent=1)
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
         if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)
             os.replace(tmp, out)
-            shutil.rmtree(old)
+            shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists() and not out.exists():
+            os.replace(old, out)  # the rename of the new folder failed: the previous dataset goes back
+        raise _write_error(e, out, tmp) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

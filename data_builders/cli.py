@@ -39,6 +39,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--on-error", choices=("skip", "stop"), default="skip",
                         help="malformed rows: skip them (counted, with reasons; the default, project decision) "
                              "or stop the build at the first one")
+    parser.add_argument("--duplicates", choices=("error", "drop-later"), default="error",
+                        help="rows that share a record id: stop the build naming the first (default, project "
+                             "decision) or keep the first row of each id and count the later ones as skips")
+    parser.add_argument("--max-aspect-ratio", type=float, default=200.0, metavar="R",
+                        help="skip rows with an image whose long side exceeds R times its short side (default 200: "
+                             "the Qwen-VL processors refuse larger ratios)")
+    parser.add_argument("--min-image-side", type=int, default=1, metavar="PX",
+                        help="skip rows with an image whose short side is under PX pixels (default 1; e.g. 28 for "
+                             "processors that refuse images smaller than one merged patch)")
     parser.add_argument("--leak-policy", choices=("error", "drop", "keep"), default="keep",
                         help="rows whose privileged text states the final answer: fail, drop, or keep them "
                              "flagged in meta (default keep, project decision: counts are always reported)")
@@ -124,6 +133,7 @@ def run(args) -> int:
 
     from dopd_vlm.privileged import AnswerLeakError
 
+    from .build import DatasetWriteError, DuplicateIdError
     from .records import RecordError
     from .sources import SourceError, run_source_build
 
@@ -132,8 +142,9 @@ def run(args) -> int:
                          revision=args.revision, image_root=args.image_root, kinds=kinds, limit=args.limit,
                          num_proc=args.num_proc, on_error=args.on_error, leak_policy=args.leak_policy,
                          exclude_images=args.exclude_images, parquet=args.parquet, jsonl=args.jsonl,
-                         overwrite=args.overwrite, options=_options(args.option))
-    except (SourceError, FileExistsError, RecordError, AnswerLeakError) as e:
+                         overwrite=args.overwrite, options=_options(args.option), duplicates=args.duplicates,
+                         image_limits={"max_aspect_ratio": args.max_aspect_ratio, "min_side": args.min_image_side})
+    except (SourceError, FileExistsError, RecordError, AnswerLeakError, DuplicateIdError, DatasetWriteError) as e:
         print(f"dopd-vlm build {args.builder}: {e}", file=sys.stderr)
         return 1
     return 0

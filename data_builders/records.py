@@ -54,7 +54,42 @@ class RecordError(ValueError):
 
 
 # ------------------------------------------------------------------------------------ images
-def _check_image_bytes(data: bytes, record_id: str | None, field: str) -> tuple[int, int]:
+class ImageSize(tuple):
+    """``(w, h)`` of an image as the model receives it (EXIF orientation applied), with how it was stored:
+    ``orientation`` (the EXIF value applied, 1 = none), ``stored`` ((w, h) in the file) and ``mode``
+    (Pillow's mode before the conversion to 8-bit RGB). Behaves as a plain tuple everywhere else."""
+
+    def __new__(cls, size, orientation: int = 1, stored=None, mode: str = "RGB"):
+        obj = super().__new__(cls, (int(size[0]), int(size[1])))
+        obj.orientation, obj.mode = int(orientation), mode
+        obj.stored = tuple(stored) if stored is not None else (int(size[0]), int(size[1]))
+        return obj
+
+
+def _encode_png(im) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _normalized(im, record_id: str | None, field: str):
+    from dopd_vlm.images import ImageConversionError, normalize_image
+
+    try:
+        rgb, info = normalize_image(im)
+    except ImageConversionError as e:
+        raise RecordError(record_id, field, f"image has no 8-bit RGB form: {e}") from e
+    return rgb, info, ImageSize(rgb.size, info["orientation"], info["stored_size"], info["mode"])
+
+
+def _check_image_bytes(data: bytes, record_id: str | None, field: str) -> tuple[bytes, ImageSize]:
+    """Decode the file once -> (the bytes to store, its size as the model receives it).
+
+    The stored image is what the model gets: a file that is 8-bit RGB without an EXIF orientation
+    keeps its bytes (no JPEG re-encoding); any other (orientation, 16-bit, alpha, palette, grey,
+    CMYK, ...) is oriented, converted to 8-bit RGB (``dopd_vlm.images.normalize_image``) and stored
+    as PNG, so that pixels, ``meta.image_size`` and boxes describe the same picture.
+    """
     from PIL import Image
 
     try:
@@ -67,49 +102,71 @@ def _check_image_bytes(data: bytes, record_id: str | None, field: str) -> tuple[
         with warnings.catch_warnings(), strict_decoding():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
-                size = im.size
                 im.verify()
             with Image.open(io.BytesIO(data)) as im:  # verify() decodes nothing for JPEG / GIF / BMP
-                im.load()
+                rgb, info, size = _normalized(im, record_id, field)
+    except RecordError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise RecordError(record_id, field, f"image refused by Pillow's decompression-bomb limit: {e}") from e
     except Exception as e:  # PIL raises many types for corrupt data (UnidentifiedImageError, OSError, SyntaxError)
         raise RecordError(record_id, field, f"cannot decode image ({type(e).__name__}: {e})") from e
-    return size
+    return (_encode_png(rgb) if info["changed"] else data), size
 
 
 def _safe_path(path: str, image_root: str | os.PathLike | None, record_id: str | None, field: str) -> Path:
     if image_root is None:
         raise RecordError(record_id, field, f"image given as a path ({path!r}) but no image_root was set "
                                             "(pass --image-root DIR)")
-    if ".." in Path(path).parts:
-        raise RecordError(record_id, field, f"image path {path!r} contains '..'; paths must stay under image_root")
-    root = Path(image_root).resolve()
-    full = (root / path).resolve()  # resolve() follows symlinks, so a link escaping the root is caught below
     try:
-        full.relative_to(root)
-    except ValueError:
-        raise RecordError(record_id, field, f"image path {path!r} resolves to {full}, outside image_root {root}") from None
-    if not full.is_file():
-        raise RecordError(record_id, field, f"image file not found: {full} (image_root {root})")
+        if ".." in Path(path).parts:
+            raise RecordError(record_id, field, f"image path {path!r} contains '..'; paths must stay under image_root")
+        root = Path(image_root).resolve()
+        full = (root / path).resolve()  # resolve() follows symlinks, so a link escaping the root is caught below
+        try:
+            full.relative_to(root)
+        except ValueError:
+            raise RecordError(record_id, field, f"image path {path!r} resolves to {full}, outside image_root {root}") from None
+        if not full.exists():
+            raise RecordError(record_id, field, f"image file not found: {full} (image_root {root})")
+        if not full.is_file():
+            raise RecordError(record_id, field, f"image file not found: {full} is not a regular file (image_root {root})")
+    except RecordError:
+        raise
+    except (OSError, RuntimeError, ValueError) as e:  # name too long, symlink loop, NUL byte, permission
+        raise RecordError(record_id, field, f"cannot resolve image path {path!r} under image_root {image_root}: "
+                                            f"{type(e).__name__}: {e}") from e
     return full
 
 
-def resolve_image(value: Any, image_root: str | os.PathLike | None = None, record_id: str | None = None,
-                  field: str = "images") -> tuple[dict, tuple[int, int]]:
-    """Any supported image value -> (``{"bytes": ..., "path": None}``, (w, h)).
+def _read_file(full: Path, record_id: str | None, field: str) -> bytes:
+    try:
+        return full.read_bytes()
+    except OSError as e:
+        raise RecordError(record_id, field, f"cannot read image file {full}: {e.strerror or e}") from e
 
-    Encoded bytes are kept as they came (no JPEG re-encoding); PIL images are encoded as PNG.
+
+def resolve_image(value: Any, image_root: str | os.PathLike | None = None, record_id: str | None = None,
+                  field: str = "images") -> tuple[dict, ImageSize]:
+    """Any supported image value -> (``{"bytes": ..., "path": None}``, (w, h) as the model receives it).
+
+    Every image is decoded, oriented and converted once, here (``_check_image_bytes``); 8-bit RGB
+    files without an EXIF orientation keep their bytes, PIL images and every other file are stored
+    as PNG of the converted pixels.
     """
     from PIL import Image
 
     if isinstance(value, Image.Image):
-        buf = io.BytesIO()
-        value.save(buf, format="PNG")
-        return {"bytes": buf.getvalue(), "path": None}, value.size
+        try:
+            rgb, _, size = _normalized(value, record_id, field)
+        except RecordError:
+            raise
+        except Exception as e:
+            raise RecordError(record_id, field, f"cannot decode image ({type(e).__name__}: {e})") from e
+        return {"bytes": _encode_png(rgb), "path": None}, size
     if isinstance(value, (bytes, bytearray)):
-        data = bytes(value)
-        return {"bytes": data, "path": None}, _check_image_bytes(data, record_id, field)
+        data, size = _check_image_bytes(bytes(value), record_id, field)
+        return {"bytes": data, "path": None}, size
     if isinstance(value, dict):
         if value.get("bytes") is not None:
             return resolve_image(value["bytes"], image_root, record_id, field)
@@ -130,8 +187,8 @@ def resolve_image(value: Any, image_root: str | os.PathLike | None = None, recor
                 raise RecordError(record_id, field, f"invalid base64 in data URI: {e}") from e
             return resolve_image(data, image_root, record_id, field)
         full = _safe_path(value, image_root, record_id, field)
-        data = full.read_bytes()
-        return {"bytes": data, "path": None}, _check_image_bytes(data, record_id, field)
+        data, size = _check_image_bytes(_read_file(full, record_id, field), record_id, field)
+        return {"bytes": data, "path": None}, size
     raise RecordError(record_id, field, f"unsupported image value of type {type(value).__name__}")
 
 
@@ -145,9 +202,39 @@ def decode_base64_image(s: str, record_id: str | None = None, field: str = "imag
 
 
 # ------------------------------------------------------------------------------------- boxes
+# EXIF orientation -> the point map from the stored pixels (w, h) to the displayed ones (PIL.ImageOps.exif_transpose)
+_ORIENT_POINT = {
+    2: lambda x, y, w, h: (w - x, y),  # FLIP_LEFT_RIGHT
+    3: lambda x, y, w, h: (w - x, h - y),  # ROTATE_180
+    4: lambda x, y, w, h: (x, h - y),  # FLIP_TOP_BOTTOM
+    5: lambda x, y, w, h: (y, x),  # TRANSPOSE
+    6: lambda x, y, w, h: (h - y, x),  # ROTATE_270 (90 degrees clockwise)
+    7: lambda x, y, w, h: (h - y, w - x),  # TRANSVERSE
+    8: lambda x, y, w, h: (y, w - x),  # ROTATE_90 (90 degrees counter-clockwise)
+}
+BOX_FRAMES = ("stored", "displayed")
+
+
+def orient_box(box: list[float], orientation: int, stored_size) -> list[float]:
+    """An absolute xyxy box on the stored pixels -> the same box after the EXIF ``orientation``."""
+    if orientation == 1:
+        return list(box)
+    w, h = stored_size
+    x1, y1, x2, y2 = box
+    (ax, ay), (bx, by) = (_ORIENT_POINT[orientation](x, y, w, h) for x, y in ((x1, y1), (x2, y2)))
+    return [min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)]
+
+
 def canonical_box(bbox: Any, fmt: str, image_size: tuple[int, int] | list[int], record_id: str | None = None,
-                  field: str = "privileged.regions") -> list[float]:
-    """A box in ``fmt`` ("xyxy" or "xywh", absolute pixels) -> validated absolute xyxy."""
+                  field: str = "privileged.regions", frame: str | None = None) -> list[float]:
+    """A box in ``fmt`` ("xyxy" or "xywh", absolute pixels) -> validated absolute xyxy.
+
+    ``image_size`` is the size the model receives (``resolve_image``'s ``ImageSize``). When the file
+    carried an EXIF orientation, the source's box may refer to the stored or to the displayed pixels
+    (annotation tools differ), so ``frame`` must say which: ``"stored"`` maps the box through the
+    orientation, ``"displayed"`` keeps it; without it such a box is refused (a counted skip) rather
+    than guessed.
+    """
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
         raise RecordError(record_id, field, f"box must be 4 numbers, got {bbox!r}")
     try:
@@ -160,6 +247,16 @@ def canonical_box(bbox: Any, fmt: str, image_size: tuple[int, int] | list[int], 
         x1, y1, x2, y2 = a, b, c, d
     else:
         raise ValueError(f"unknown box format {fmt!r}; expected 'xyxy' or 'xywh'")
+    orientation = getattr(image_size, "orientation", 1)
+    if orientation != 1:
+        if frame not in BOX_FRAMES:
+            raise RecordError(record_id, field, f"the image carries EXIF orientation {orientation} (stored "
+                                                f"{image_size.stored[0]}x{image_size.stored[1]}, shown "
+                                                f"{image_size[0]}x{image_size[1]}): whether the box refers to the "
+                                                f"stored or the displayed pixels is unknown (builder option box_frame="
+                                                f"stored|displayed)")
+        if frame == "stored":
+            x1, y1, x2, y2 = orient_box([x1, y1, x2, y2], orientation, image_size.stored)
     return check_box([x1, y1, x2, y2], image_size, record_id, field)
 
 

@@ -12,7 +12,6 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,8 +206,12 @@ def run_source_build(builder_name: str, out: str, source: str | None = None, con
                      kinds: list[str] | None = None, limit: int | None = None, num_proc: int = 1,
                      on_error: str = "skip", leak_policy: str = "keep", exclude_images: list[str] = (),
                      parquet: bool = False, jsonl: bool = False, overwrite: bool = False, options: dict | None = None,
-                     quiet: bool = False):
-    """Build one split of one source into ``out`` -> the written DatasetDict (reloaded)."""
+                     quiet: bool = False, duplicates: str = "error", image_limits: dict | None = None):
+    """Build one split of one source into ``out`` -> the written DatasetDict (reloaded).
+
+    ``duplicates``: rows sharing a record id, ``error`` or ``drop-later`` (``build.resolve_duplicate_ids``);
+    ``image_limits``: ``{max_aspect_ratio, min_side}`` (``build.check_images``).
+    """
     from datasets import load_from_disk
 
     from dopd_vlm.privileged import LEAK_POLICIES, AnswerLeakError
@@ -219,6 +222,8 @@ def run_source_build(builder_name: str, out: str, source: str | None = None, con
         convert_dataset,
         drop_contaminated,
         eval_image_hashes,
+        make_work_dir,
+        resolve_duplicate_ids,
         write_outputs,
     )
     from .registry import get_builder
@@ -242,10 +247,12 @@ def run_source_build(builder_name: str, out: str, source: str | None = None, con
                        options={**b.options, **src_options, **(options or {})})
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     # map's Arrow files go to a work folder next to the output (not the shared HF cache), removed at the end
-    work = Path(tempfile.mkdtemp(prefix=f".{Path(out).name}.work-", dir=Path(out).parent))
+    work = make_work_dir(out)  # named by pid: a killed build's folder is removed by the next one
     try:
         recs, skipped = convert_dataset(ds, b.convert, ctx, kinds, on_error=on_error, num_proc=num_proc,
-                                        desc=f"{b.name} {split}", work_dir=work)
+                                        desc=f"{b.name} {split}", work_dir=work, image_limits=image_limits)
+        recs, dup_skipped, dup_counts = resolve_duplicate_ids(recs, duplicates)
+        skipped += dup_skipped
         if b.dedupe_key is not None:
             recs, dups = dedupe(recs, b.dedupe_key)
             skipped += dups
@@ -267,7 +274,7 @@ def run_source_build(builder_name: str, out: str, source: str | None = None, con
                 hashes |= eval_image_hashes(p)
             recs, n_cont = drop_contaminated(recs, hashes)
         summ = Summary(split=split, rows_in=len(ds), kept=len(recs), skipped=skipped, leak=leak,
-                       contamination_dropped=n_cont)
+                       contamination_dropped=n_cont, duplicates=dup_counts)
         if not quiet:
             print(summ.text())
         write_outputs({split: recs}, out, [summ], parquet=parquet, jsonl=jsonl, overwrite=overwrite,

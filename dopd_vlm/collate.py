@@ -131,6 +131,24 @@ def collate_messages(messages_list: list[list[dict]], images_list: list[list], p
     )
 
 
+def _encode_naming_record(records, messages_list, images_list, processor, adapter, view) -> ViewBatch:
+    """``collate_messages``; when the processor refuses the batch, the rows are encoded one by one to
+    name the record it refuses (e.g. an image whose aspect ratio Qwen-VL's smart_resize rejects)."""
+    try:
+        return collate_messages(messages_list, images_list, processor, adapter)
+    except (ValueError, TypeError, IndexError, RuntimeError) as e:
+        if isinstance(e, RecordError):
+            raise
+        for rec, msgs, imgs in zip(records, messages_list, images_list):
+            try:
+                collate_messages([msgs], [imgs], processor, adapter)
+            except (ValueError, TypeError, IndexError, RuntimeError) as row_e:
+                sizes = ", ".join(f"{im.size[0]}x{im.size[1]}" for im in imgs if hasattr(im, "size"))
+                raise RecordError(f"record {record_id(rec)!r}, field 'images' ({view} view): the {adapter.family} "
+                                  f"processor refuses it (images {sizes or 'none'}): {type(row_e).__name__}: {row_e}") from e
+        raise
+
+
 def collate(records: list[dict], processor, adapter, privileged_kinds: str | Sequence[str] = (),
             templates: dict | None = None, views: Sequence[str] = VIEWS) -> dict[str, ViewBatch]:
     """Render ``records`` into the requested views (``"plain"``, ``"priv"``) for one model's
@@ -149,13 +167,18 @@ def collate(records: list[dict], processor, adapter, privileged_kinds: str | Seq
                     im.load()
             except (OSError, SyntaxError) as e:
                 raise RecordError(f"record {record_id(rec)!r}, field 'images[{i}]': cannot decode image ({e})") from e
+            size = (rec.get("meta") or {}).get("image_size")
+            if i == 0 and size and hasattr(im, "size") and list(im.size) != list(size):  # e.g. EXIF rotation
+                raise RecordError(f"record {record_id(rec)!r}, field 'meta.image_size': {list(size)} but images[0] "
+                                  f"decodes as {im.size[0]}x{im.size[1]}; its boxes describe other pixels (rebuild "
+                                  "the dataset with dopd-vlm build, which orients and converts images once)")
         plain, priv, images = render_views(rec, privileged_kinds, templates, adapter=adapter, processor=processor)
         if images and not adapter.takes_images:
             raise ValueError(f"record {record_id(rec)!r}, field 'images': the {adapter.family} model takes no images")
         rendered["plain"].append(plain)
         rendered["priv"].append(priv)
         images_list.append(images)
-    out = {v: collate_messages(rendered[v], images_list, processor, adapter) for v in views}
+    out = {v: _encode_naming_record(records, rendered[v], images_list, processor, adapter, v) for v in views}
     limit = adapter.context_length(processor)
     for v, batch in out.items():
         for i, n in enumerate(batch.attention_mask_B_T.sum(-1).tolist()):

@@ -24,9 +24,12 @@ Stable API (model adapters call it with their own ``box_format``)::
   size, boxes are rescaled to it), ``"grid1000"`` integers 0-1000 relative to the image,
   ``"rel01"`` floats 0-1 with 3 decimals.
 
-Leak guard: ``contains_answer`` finds the final answer in text (word boundaries, case-insensitive,
-numbers normalised: "3" = "3.0" = "three" = "1,000"-style commas removed), ``LeakGuard`` applies a
-policy ``error | drop | keep`` and counts, ``hints_from_trace`` derives hints without the answer.
+Leak guard: ``contains_answer`` finds the final answer in text after normalisation (case, Unicode
+NFKC, accents, whitespace and punctuation; numbers "1,000" = "1000.0" = "one thousand", "0.5" =
+".5" = "1/2"; an option letter stated as the answer, "(B)" / "option B" / "the answer is b", and its
+option text), while coordinates, positions ("row 2") and the pronoun "one" do not count;
+``LeakGuard`` applies a policy ``error | drop | keep`` and counts, ``hints_from_trace`` derives hints
+without the answer.
 """
 
 from __future__ import annotations
@@ -147,30 +150,225 @@ def render_privileged(privileged: dict, kinds: list[str], templates: dict | None
 
 
 def privileged_text_for_leak_check(privileged: dict, kinds: list[str], templates: dict | None = None) -> str:
-    """The rendered text without box coordinates: numbers inside boxes are not answers."""
-    return render_privileged(privileged, kinds, templates, _boxes=False)
+    """The rendered text without coordinates: numbers inside boxes are not answers, and a scene graph
+    contributes only its string values (attributes, relation names), not its ids, rows or indices."""
+    kinds = [canonical_kind(k) for k in kinds]
+    text = render_privileged(privileged, [k for k in kinds if k != "scene_graph"], templates, _boxes=False)
+    sg = privileged.get("scene_graph") if "scene_graph" in kinds else None
+    if sg:
+        words = " ".join(_string_leaves(sg))
+        text = f"{text}\n{words}" if text else words
+    return text
+
+
+def _string_leaves(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _string_leaves(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _string_leaves(v)]
+    return []
 
 
 # ------------------------------------------------------------------------------ answer matching
-_NUMBER_WORDS = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-    "sixteen seventeen eighteen nineteen twenty".split())}
-_NUM_RE = re.compile(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?(?![\w])|\b(?:" + "|".join(_NUMBER_WORDS) + r")\b",
-                     re.IGNORECASE)
+# Matching happens on normalised text (NFKC, case-folded, whitespace collapsed; for words also
+# without punctuation and accents), with a map back to the original characters so that
+# ``redact_answer`` masks the original spans.
+_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+          "sixteen seventeen eighteen nineteen").split()
+_TENS = {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if i >= 2}
+_SCALES = {"hundred": 100, "thousand": 1000, "million": 1_000_000}
+_NUMBER_WORDS = {**{w: i for i, w in enumerate(_UNITS)}, **_TENS}
+_NUMWORD = "|".join(sorted([*_NUMBER_WORDS, *_SCALES], key=len, reverse=True))
+_WORD_NUM_RE = re.compile(rf"(?<![\w-])(?:a\s+(?=hundred|thousand|million))?(?:{_NUMWORD})"
+                          rf"(?:(?:\s+and\s+|\s+|-)(?:{_NUMWORD}))*(?![\w-])")
+_DIGIT_NUM_RE = re.compile(r"(?<![\w.])(?<!\d,)[-+]?(?:\d+/\d+|(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?![\w]|[.,/]\d)")
+# "row 2", "step 3", "#4": positions and labels, not quantities
+_INDEX_WORDS = {"row", "rows", "column", "columns", "col", "step", "steps", "line", "item", "page", "figure", "fig",
+                "table", "cell", "slot", "position", "index", "id", "no", "#", "object", "level"}
+_PRONOUN_DETERMINERS = {"the", "this", "that", "which", "each", "every", "another", "any", "no", "other"}
+_VERBS = {"is", "are", "was", "were", "be", "equals", "=", ":"}
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
+def _fold(text: str, words: bool) -> tuple[str, list[int]]:
+    """-> (normalised text, index of the original character behind each normalised one).
+
+    Always: NFKC, case folding, whitespace runs -> one space, U+2212 minus -> "-". ``words``: also
+    accents removed and punctuation / symbols -> space (for matching words and phrases).
+    """
+    import unicodedata
+
+    out: list[str] = []
+    idx: list[int] = []
+    for i, ch in enumerate(text):
+        n = unicodedata.normalize("NFKC", ch).replace("\u2212", "-")
+        if words:
+            n = "".join(c for c in unicodedata.normalize("NFKD", n) if not unicodedata.combining(c))
+        for c in n.casefold():
+            if c.isspace() or (words and unicodedata.category(c)[0] in "PS"):
+                c = " "
+            if c == " " and (not out or out[-1] == " "):
+                continue
+            out.append(c)
+            idx.append(i)
+    return "".join(out), idx
+
+
+def _orig_span(idx: list[int], a: int, b: int) -> tuple[int, int]:
+    return idx[a], idx[b - 1] + 1
+
+
+def _words_value(phrase: str) -> float | None:
+    """'twenty-one' / 'one hundred and five' / 'a thousand' -> the number; None if not one number."""
+    toks = [t for t in re.split(r"[\s-]+", phrase.strip()) if t and t != "and"]
+    if toks and toks[0] == "a":
+        toks[0] = "one"
+    total, current, last = 0, 0, None  # last: "unit" | "teen" | "tens" | "scale"
+    for t in toks:
+        if t in _SCALES:
+            if last is None:
+                return None
+            scale = _SCALES[t]
+            if scale == 100:
+                current = (current or 1) * 100
+            else:
+                total += (current or 1) * scale
+                current = 0
+            last = "scale"
+        elif t in _TENS:
+            if last in ("unit", "teen", "tens"):
+                return None
+            current += _TENS[t]
+            last = "tens"
+        elif t in _NUMBER_WORDS:
+            v = _NUMBER_WORDS[t]
+            if last in ("unit", "teen") or (last == "tens" and v >= 10):
+                return None
+            current += v
+            last = "teen" if v >= 10 else "unit"
+        else:
+            return None
+    return float(total + current) if last is not None else None
+
+
 def _as_number(s: str) -> float | None:
-    s = s.strip().lower()
-    if s in _NUMBER_WORDS:
-        return float(_NUMBER_WORDS[s])
-    s2 = s.replace(",", "")
-    if re.fullmatch(r"[-+]?\d+(?:\.\d+)?", s2):
+    s, _ = _fold(str(s), words=False)
+    s = s.strip().rstrip(".").strip()
+    v = _words_value(s)
+    if v is not None:
+        return v
+    s2 = s.replace(",", "") if re.fullmatch(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s) else s
+    if re.fullmatch(r"[-+]?(?:\d+(?:\.\d+)?|\.\d+)", s2):
         return float(s2)
     if re.fullmatch(r"[-+]?\d+/\d+", s2):
         a, b = s2.split("/")
         return float(a) / float(b) if float(b) else None
     return None
+
+
+def _same_number(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+
+
+def _in_coordinate_list(text: str, a: int, b: int) -> bool:
+    """A number inside brackets that hold two or more comma-separated numbers: "(12, 40)", "[3, 4, 5, 6]"."""
+    left = max(text.rfind("(", 0, a), text.rfind("[", 0, a))
+    if left < 0:
+        return False
+    close = ")" if text[left] == "(" else "]"
+    right = text.find(close, b)
+    if right < 0:
+        return False
+    inner = text[left + 1:right]
+    return bool(re.fullmatch(r"\s*[-+]?\d+(?:\.\d+)?(?:\s*,\s*[-+]?\d+(?:\.\d+)?)+\s*", inner))
+
+
+def _prev_words(text: str, a: int, n: int = 3) -> list[str]:
+    return re.findall(r"[\w#=:]+", text[max(0, a - 40):a])[-n:]
+
+
+def _is_index(text: str, a: int) -> bool:
+    prev = _prev_words(text, a, 1)
+    return bool(prev) and prev[0] in _INDEX_WORDS or text[max(0, a - 1):a] == "#"
+
+
+def _is_pronoun_one(text: str, a: int, b: int) -> bool:
+    """'the red one', 'this one', 'one of them': the pronoun, not the number 1."""
+    if text[a:b] != "one":
+        return False
+    if re.match(r"\s*(?:of\b|s\b)", text[b:]):
+        return True
+    for w in reversed(_prev_words(text, a)):
+        if w in _VERBS:
+            return False
+        if w in _PRONOUN_DETERMINERS:
+            return True
+    return False
+
+
+def _number_spans(text: str, value: float) -> list[tuple[int, int]]:
+    folded, idx = _fold(text, words=False)
+    spans = []
+    for m in _DIGIT_NUM_RE.finditer(folded):
+        v = _as_number(m.group())
+        if v is not None and _same_number(v, value) and not _in_coordinate_list(folded, *m.span()) \
+                and not _is_index(folded, m.start()):
+            spans.append(_orig_span(idx, *m.span()))
+    for m in _WORD_NUM_RE.finditer(folded):
+        phrase = m.group()
+        v = _words_value(phrase)
+        parts = [(m.start(), m.end(), v)] if v is not None else [
+            (m.start() + w.start(), m.start() + w.end(), _words_value(w.group()))
+            for w in re.finditer(r"[a-z]+", phrase) if w.group() != "and"]
+        for a, b, v in parts:
+            if v is not None and _same_number(v, value) and not _is_pronoun_one(folded, a, b) \
+                    and not _is_index(folded, a):
+                spans.append(_orig_span(idx, a, b))
+    return spans
+
+
+def _phrase_spans(text: str, phrase: str) -> list[tuple[int, int]]:
+    target, _ = _fold(phrase, words=True)
+    target = target.strip()
+    if not target:  # an answer made of punctuation: literal, case-insensitive
+        return [m.span() for m in re.finditer(re.escape(phrase.strip()), text, re.IGNORECASE)] if phrase.strip() else []
+    folded, idx = _fold(text, words=True)
+    return [_orig_span(idx, *m.span()) for m in re.finditer(rf"(?<!\w){re.escape(target)}(?!\w)", folded)]
+
+
+def _letter_spans(text: str, letter: str) -> list[tuple[int, int]]:
+    """An option letter stated as the answer: "(B)", "option B", "choice (b)", "the answer is B",
+    "Answer: B", "B is correct". A bare "a" / "A" is an ordinary word and is not counted, nor is a
+    lowercase "(b)" outside such a phrase (enumerations)."""
+    import unicodedata
+
+    nfkc = "".join(unicodedata.normalize("NFKC", c) for c in text)
+    if len(nfkc) != len(text):  # a character expanded under NFKC: match on a per-character map
+        folded, idx = [], []
+        for i, c in enumerate(text):
+            for d in unicodedata.normalize("NFKC", c):
+                folded.append(d)
+                idx.append(i)
+        nfkc = "".join(folded)
+    else:
+        idx = list(range(len(text)))
+    L, low = letter.upper(), letter.lower()
+    pats = [
+        (rf"[(\[]\s*{L}\s*[)\]]", 0),
+        (rf"\b(?:answers?|options?|choices?|letter|alternative)\b(?:\s+(?:is|was|would\s+be|should\s+be|must\s+be))?"
+         rf"\s*[:=]?\s*[(\[]?\s*(?:{L}|{low})\s*[)\]]?(?!\w)", re.IGNORECASE),
+        (rf"(?<!\w)[(\[]?{L}[)\]]?\s+is\s+(?:the\s+)?(?:correct|right|answer|true)\b", 0),
+    ]
+    spans = []
+    for pat, flags in pats:
+        for m in re.finditer(pat, nfkc, flags):
+            s = m.group().rstrip()
+            if s[-1] in "aAiI" and s[-1].islower() and re.match(r"\s+\w", nfkc[m.end():]):
+                continue  # "the answer is a red cube": the article, not the letter
+            spans.append(_orig_span(idx, m.start(), m.end()))
+    return spans
 
 
 def answer_spans(text: str, answer: str, choices: list[str] | None = None) -> list[tuple[int, int]]:
@@ -180,24 +378,38 @@ def answer_spans(text: str, answer: str, choices: list[str] | None = None) -> li
     answer = str(answer).strip()
     targets = [answer]
     spans: list[tuple[int, int]] = []
-    if choices and len(answer) == 1 and answer.upper() in _LETTERS[:len(choices)]:
-        # A letter answer leaks through its option text or an explicit "(B)" / "option B" / "answer is B";
-        # a bare "a" / "A" is an ordinary word and is not counted.
-        letter = answer.upper()
-        targets = [choices[_LETTERS.index(letter)]]
-        pat = rf"\({letter}\)|\b(?:option|choice|answer is|answer:)\s*\(?{letter}\b"
-        spans += [m.span() for m in re.finditer(pat, text, re.IGNORECASE)]
+    letter = None
+    if choices:
+        if len(answer) == 1 and answer.upper() in _LETTERS[:len(choices)]:
+            letter = answer.upper()  # a letter answer leaks through its option text or the letter stated
+            targets = [choices[_LETTERS.index(letter)]]
+        else:  # a choice-text answer also leaks through its letter stated as the answer
+            key = _fold(answer, words=True)[0].strip()
+            hits = [i for i, c in enumerate(choices) if _fold(str(c), words=True)[0].strip() == key]
+            if len(hits) == 1 and hits[0] < len(_LETTERS):
+                letter = _LETTERS[hits[0]]
+    if letter is not None:
+        spans += _letter_spans(text, letter)
     for tgt in targets:
         num = _as_number(tgt)
         if num is not None:
-            spans += [m.span() for m in _NUM_RE.finditer(text) if _as_number(m.group()) == num]
-        words = re.escape(" ".join(tgt.split())).replace(r"\ ", r"\s+")
-        spans += [m.span() for m in re.finditer(rf"(?<!\w){words}(?!\w)", text, re.IGNORECASE)]
+            spans += _number_spans(text, num)
+        else:
+            spans += _phrase_spans(text, tgt)
     return sorted(set(spans))
 
 
 def contains_answer(text: str, answer: str | None, choices: list[str] | None = None) -> bool:
-    """True when ``text`` states ``answer``: word-boundary, case-insensitive, numbers normalised."""
+    """True when ``text`` states ``answer``, after normalisation (see ``answer_spans``):
+
+    - words and phrases: case, Unicode form (NFKC), accents, whitespace and punctuation do not matter
+      ("New-York" = "new york"), at word boundaries ("red" is not in "reddish");
+    - numbers: "1,000" = "1000" = "1000.0" = "one thousand", "0.5" = ".5" = "1/2", "twenty-one" = 21;
+      not counted: digits inside other numbers ("13", "2.5"), coordinate lists ("(12, 2)",
+      "[3, 2, 5, 6]"), positions ("row 2", "step 3", "#2") and the pronoun "one" ("the red one");
+    - option letters: the letter stated as the answer ("(B)", "option B", "the answer is b",
+      "B is correct") and the option's text; a choice-text answer also through its letter.
+    """
     return bool(answer_spans(text, answer, choices)) if answer is not None else False
 
 
