@@ -14,6 +14,7 @@ import sys
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "build": ("data_builders.cli", "build a privileged dataset from a source dataset or local files"),
+    "export": ("data_builders.export_cli", "export a built dataset to TRL, LLaVA, LLaMA-Factory or qwen-vl-utils messages"),
     "sft": ("dopd_vlm.sft", "supervised fine-tuning (warm-start a student or a teacher)"),
     "train": ("dopd_vlm.train", "on-policy distillation: DOPD and its baselines"),
     "eval": ("dopd_vlm.evaluate", "evaluate checkpoints with lmms-eval; make lmms-eval tasks"),
@@ -30,8 +31,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dopd-vlm",
         description="Privileged on-policy distillation (DOPD) for vision-language models.",
+        epilog="Documentation: docs/method.md (the method), docs/data.md (records, builders, exports), "
+               "docs/config.md (every config key), docs/gpu.md (GPUs, accelerate, vLLM).",
     )
     parser.add_argument("--version", action="version", version=f"dopd-vlm {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show library progress bars and info logs (quiet by default: one line per phase)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         if only is not None and name != only:
@@ -49,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(only=chosen if chosen in SUBCOMMANDS else "").parse_args(argv)
+    from dopd_vlm.console import set_verbose
+
+    set_verbose(args.verbose)
     try:
         return int(args._run(args) or 0)
     except ValueError as e:

@@ -91,6 +91,12 @@ def _sft(cfg: SFTConfig, folder) -> Path:
         data = data[cfg.data.split]
     if cfg.data.max_samples:
         data = data.select(range(min(cfg.data.max_samples, len(data))))
+    from dopd_vlm.console import startup_summary
+
+    startup_summary(acc, f"sft ({cfg.data.view} view)", records=len(data), dataset=str(data_path),
+                    extra={"view": f"{cfg.data.view} (privileged kinds: {', '.join(cfg.data.privileged_kinds) or 'none'})",
+                           "steps": f"{cfg.optim.max_steps} x {cfg.optim.batch_size} records per process",
+                           "target": cfg.data.target, "output": str(out)})
     resume_ckpt = folder.resume_checkpoint() if cfg.run.resume_from else None
     if cfg.run.resume_from:
         if resume_ckpt is None:

@@ -195,6 +195,9 @@ def _train(cfg: TrainConfig, folder) -> Path:
     from dopd_vlm.tables import get_table
 
     out = Path(cfg.run.output_dir)
+    from dopd_vlm.console import check_trackers, startup_summary
+
+    check_trackers(cfg.run.report_to)  # a missing tracker package is an error now, not one warning and no logs
     accelerator = make_accelerator(mixed_precision=cfg.run.mixed_precision,
                                    log_with=cfg.run.report_to or None, project_dir=str(out))
     folder.open(accelerator)
@@ -218,6 +221,9 @@ def _train(cfg: TrainConfig, folder) -> Path:
         raise SystemExit(f"optim.prompts_per_step={cfg.optim.prompts_per_step} must divide by the "
                          f"{world} processes")
     local_prompts = cfg.optim.prompts_per_step // world
+    startup_summary(accelerator, f"train ({cfg.table})", records=len(data), dataset=str(dataset_path), table=cfg.table,
+                    policies=table.policies(), extra={"steps": f"{cfg.optim.max_steps} x {cfg.optim.prompts_per_step} prompts "
+                                                               f"x {cfg.rollout.num_generations} rollouts", "output": str(out)})
 
     resume_ckpt = None
     if cfg.run.resume_from:

@@ -14,9 +14,10 @@ Stable API::
         -> (plain_messages, priv_messages, images)
 
 - ``privileged_kinds``: kinds understood by ``dopd_vlm.privileged.render_privileged`` (e.g.
-  ``["regions"]``), or the string ``"context"`` to use the record's pre-rendered
-  ``privileged_context`` verbatim. Empty kinds (or empty privileged fields) give a privileged view
-  identical to the plain one.
+  ``["regions"]``; the training configs' ``data.privileged_kinds`` is always such a list). Python
+  callers may instead pass the string ``"context"`` to use the record's pre-rendered
+  ``privileged_context`` verbatim; the config does not accept it. Empty kinds (or empty
+  privileged fields) give a privileged view identical to the plain one.
 - ``adapter`` (optional): supplies ``box_format`` / ``box_target_size``; without it boxes are
   absolute pixels of the original image.
 - ``processor``: needed only when the adapter's absolute boxes refer to the resized input.
