@@ -70,6 +70,8 @@ class Summary:
     skipped: list[dict] = field(default_factory=list)  # {index, id, category, reason}
     leak: dict = field(default_factory=dict)
     contamination_dropped: int = 0
+    # rows whose rendered privileged context is empty, per kind (dopd_vlm.privilege_check; issue 13)
+    privileged_empty: dict | None = None
     duplicates: dict | None = None  # {policy, ids, rows_dropped} (resolve_duplicate_ids; issue 16)
 
     def as_dict(self) -> dict:
@@ -78,7 +80,8 @@ class Summary:
             reasons[s["category"]] = reasons.get(s["category"], 0) + 1
         return {"split": self.split, "rows_in": self.rows_in, "kept": self.kept, "skipped": len(self.skipped),
                 "skip_reasons": reasons, "skipped_rows": self.skipped[:1000], "leak": self.leak,
-                "contamination_dropped": self.contamination_dropped, "duplicates": self.duplicates}
+                "contamination_dropped": self.contamination_dropped, "privileged_empty": self.privileged_empty,
+                "duplicates": self.duplicates}
 
     def text(self) -> str:
         lines = [f"[{self.split}] rows {self.rows_in}: kept {self.kept}, skipped {len(self.skipped)}"
@@ -89,6 +92,10 @@ class Summary:
         if self.duplicates and self.duplicates.get("ids"):
             lines.append(f"[{self.split}] {self.duplicates['ids']} record id(s) occur more than once "
                          f"(--duplicates {self.duplicates['policy']}: dropped {self.duplicates['rows_dropped']} later rows)")
+        if self.privileged_empty is not None:
+            from dopd_vlm.privilege_check import describe_counts
+
+            lines.append(describe_counts(self.privileged_empty, f"[{self.split}] "))
         for s in self.skipped[:20]:
             lines.append(f"  skipped row {s['index']} ({s['id']}): {s['reason']}")
         if len(self.skipped) > 20:

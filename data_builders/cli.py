@@ -18,6 +18,12 @@ from __future__ import annotations
 
 import sys
 
+from .importers import RECORDS_SCHEMA
+
+__doc__ = (__doc__ or "") + "\nThe `records` builder reads this project's records or a file a user writes; the " \
+    "importers (llava, llamafactory, qwen_messages, trl) keep the same privileged fields when a row has them.\n" \
+    + RECORDS_SCHEMA + "\n"
+
 
 def add_arguments(parser) -> None:
     from .registry import builder_names
@@ -133,7 +139,7 @@ def run(args) -> int:
                              families=families, leak_policy=args.leak_policy, parquet=args.parquet,
                              jsonl=args.jsonl, overwrite=args.overwrite, caption_style=args.caption_style)
         print(f"wrote {args.out}: " + ", ".join(f"{k} {len(v)}" for k, v in dd.items()))
-        return 0
+        return _refuse_empty(args, dd)
 
     from dopd_vlm.privileged import AnswerLeakError
 
@@ -142,7 +148,7 @@ def run(args) -> int:
     from .sources import SourceError, run_source_build
 
     try:
-        run_source_build(args.builder, out=args.out, source=args.source, config=args.config, split=args.split,
+        dd = run_source_build(args.builder, out=args.out, source=args.source, config=args.config, split=args.split,
                          revision=args.revision, image_root=args.image_root, kinds=kinds, limit=args.limit,
                          num_proc=args.num_proc, on_error=args.on_error, leak_policy=args.leak_policy,
                          exclude_images=args.exclude_images, parquet=args.parquet, jsonl=args.jsonl,
@@ -151,4 +157,28 @@ def run(args) -> int:
     except (SourceError, FileExistsError, RecordError, AnswerLeakError, DuplicateIdError, DatasetWriteError) as e:
         print(f"dopd-vlm build {args.builder}: {e}", file=sys.stderr)
         return 1
-    return 0
+    return _refuse_empty(args, dd)
+
+
+def _refuse_empty(args, dd) -> int:
+    """A build that keeps 0 rows is a failure (exit 1) with its reasons, not a silent empty dataset."""
+    if sum(len(v) for v in dd.values()):
+        return 0
+    import json
+    from pathlib import Path
+
+    reasons: dict[str, int] = {}
+    try:
+        for s in json.loads((Path(args.out) / "build_summary.json").read_text())["splits"]:
+            for k, v in s.get("skip_reasons", {}).items():
+                reasons[k] = reasons.get(k, 0) + v
+            if s.get("leak", {}).get("dropped"):
+                reasons["answer leak (--leak-policy drop)"] = reasons.get("answer leak (--leak-policy drop)", 0) + s["leak"]["dropped"]
+            if s.get("contamination_dropped"):
+                reasons["eval-contaminated"] = reasons.get("eval-contaminated", 0) + s["contamination_dropped"]
+    except (OSError, ValueError, KeyError):
+        pass
+    why = ", ".join(f"{k}: {v}" for k, v in reasons.items()) or "the source has no rows (or --limit 0)"
+    print(f"dopd-vlm build {args.builder}: kept 0 rows ({why}); the empty dataset in {args.out} cannot be trained "
+          "on (details in its build_summary.json)", file=sys.stderr)
+    return 1

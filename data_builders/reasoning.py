@@ -9,6 +9,8 @@
   answer turn is ``<SUMMARY>..</SUMMARY><CAPTION>..</CAPTION><REASONING>..</REASONING>
   <CONCLUSION>..</CONCLUSION>``): answer = CONCLUSION; privileged caption, reasoning steps, summary
   (as ``solution``) and hints without the answer. Only the first question-answer pair is used.
+  Hints: ``hints`` = step-wise hints without execution (computed results removed, one step per
+  line, as for the math builders), ``hints_exec`` = the steps with their results (DOPD Table 4).
 - ``r1_onevision``: ``Fancy-MLLM/R1-Onevision``: ``id``, ``image`` (base64), ``conversations``
   whose answer turn is ``<think>trace</think> final``: answer = the last ``\\boxed{}`` of the final
   part (else the final part); privileged trace steps and hints.
@@ -22,6 +24,7 @@ from .build import SkipRow
 from .parsing import interleave, last_boxed, split_think, strip_image_tags, tagged
 from .records import RecordError, decode_base64_image, make_record, resolve_image
 from .sources import SourceBuilder
+from .textmath import hints_without_execution
 
 
 def _image_question(ctx, rid, text: str, images: list, field: str, answer: str | None, privileged: dict, meta: dict):
@@ -70,7 +73,8 @@ def convert_llava_cot(row, ctx, idx):
     caption = tagged(a, "CAPTION")
     images = row["image"] if isinstance(row["image"], list) else ([row["image"]] if row["image"] else [])
     priv = {"captions": [caption] if caption else [], "rationale": steps, "solution": tagged(a, "SUMMARY"),
-            "hints": hints_from_trace(steps, answer)}
+            "hints": hints_without_execution(steps, strip_image_tags(q), answer),
+            "hints_exec": hints_from_trace(steps, answer)}
     return _image_question(ctx, rid, q, images, "image", answer, priv, {"n_turns": n_turns})
 
 
@@ -81,7 +85,8 @@ def convert_r1(row, ctx, idx):
     answer = last_boxed(final) or final
     steps = split_steps(trace) if trace else []
     img, size = decode_base64_image(row["image"], rid, "image")
-    priv = {"rationale": steps, "hints": hints_from_trace(steps, answer)}
+    priv = {"rationale": steps, "hints": hints_without_execution(steps, strip_image_tags(q), answer),
+            "hints_exec": hints_from_trace(steps, answer)}
     return _image_question(ctx, rid, q, [img], "image", answer, priv, {"n_turns": n_turns})
 
 

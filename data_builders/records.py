@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 PRIVILEGED_FIELDS = ("captions", "regions", "rationale", "solution", "lecture", "hints", "ocr",
-                     "scene_graph", "program", "answer")
+                     "scene_graph", "program", "answer",
+                     "hints_exec", "hints_summary")  # step-wise hints with execution / summarized hints (Table 4)
 RECORD_FIELDS = ("id", "source", "images", "prompt", "question", "choices", "answer", "privileged",
                  "privileged_context", "meta")
 ROLES = ("system", "user", "assistant")
@@ -308,7 +309,7 @@ def build_prompt(question: str, choices: list[str] | None = None, context: str |
 
 def empty_privileged() -> dict:
     return {"captions": [], "regions": [], "rationale": [], "solution": None, "lecture": None, "hints": [],
-            "ocr": [], "scene_graph": None, "program": None, "answer": None}
+            "ocr": [], "scene_graph": None, "program": None, "answer": None, "hints_exec": [], "hints_summary": []}
 
 
 def make_record(*, id: str, source: dict, images: list, question: str, answer: str | None,
@@ -424,7 +425,7 @@ def validate_record(rec: dict) -> dict:
     unknown = sorted(set(priv) - set(PRIVILEGED_FIELDS))
     if unknown:
         raise RecordError(rid, f"privileged.{unknown[0]}", f"unknown privileged field; known: {PRIVILEGED_FIELDS}")
-    for k in ("captions", "rationale", "hints"):
+    for k in ("captions", "rationale", "hints", "hints_exec", "hints_summary"):
         if priv.get(k) is not None and not _is_str_list(priv[k]):
             raise RecordError(rid, f"privileged.{k}", "must be a list of strings")
     for k in ("solution", "lecture", "answer"):
@@ -493,6 +494,8 @@ def record_features():
             "scene_graph": Json(),
             "program": Json(),
             "answer": s,
+            "hints_exec": List(s),
+            "hints_summary": List(s),
         },
         "privileged_context": s,
         "meta": Json(),

@@ -273,8 +273,11 @@ def run_source_build(builder_name: str, out: str, source: str | None = None, con
             for p in exclude_images:
                 hashes |= eval_image_hashes(p)
             recs, n_cont = drop_contaminated(recs, hashes)
+        from dopd_vlm.privilege_check import empty_privilege_counts
+
         summ = Summary(split=split, rows_in=len(ds), kept=len(recs), skipped=skipped, leak=leak,
-                       contamination_dropped=n_cont, duplicates=dup_counts)
+                       contamination_dropped=n_cont, privileged_empty=empty_privilege_counts(recs, kinds),
+                       duplicates=dup_counts)
         if not quiet:
             print(summ.text())
         write_outputs({split: recs}, out, [summ], parquet=parquet, jsonl=jsonl, overwrite=overwrite,

@@ -15,7 +15,9 @@ Stable API (model adapters call it with their own ``box_format``)::
   labels, the paper's best VLM privilege, Table 5), ``boxes`` (boxes without labels), ``captions``,
   ``hints`` (step-wise, without the answer: the paper's LLM privilege, Table 4), ``rationale``,
   ``solution``, ``lecture``, ``ocr``, ``scene_graph``, ``program``, ``answer`` (the final answer, the
-  paper's worst privilege, kept for ablations). Aliases: ``caption`` -> captions,
+  paper's worst privilege, kept for ablations), ``hints_exec`` (step-wise hints with execution, i.e.
+  with computed results) and ``hints_summary`` (summarized hints), the other rows of Table 4.
+  Hints render one step per line. Aliases: ``caption`` -> captions,
   ``trace`` -> rationale, ``labels`` -> regions. A kind whose field is empty renders nothing.
 - ``templates``: overrides of ``DEFAULT_TEMPLATES`` (one section template per kind with an
   ``{items}`` or ``{text}`` slot, plus item templates ``region_item``, ``box_item``, ``ocr_item``,
@@ -39,7 +41,7 @@ import re
 from dataclasses import dataclass, field
 
 KINDS = ("regions", "boxes", "captions", "hints", "rationale", "solution", "lecture", "ocr",
-         "scene_graph", "program", "answer")
+         "scene_graph", "program", "answer", "hints_exec", "hints_summary")
 ALIASES = {"caption": "captions", "trace": "rationale", "labels": "regions", "region": "regions",
            "hint": "hints"}
 BOX_FORMATS = ("abs_xyxy", "grid1000", "rel01")
@@ -50,6 +52,8 @@ DEFAULT_TEMPLATES: dict[str, str] = {
     "boxes": "Boxes: {items}.",
     "captions": "Caption: {items}",
     "hints": "Hints: {items}",
+    "hints_exec": "Hints: {items}",
+    "hints_summary": "Hint: {items}",
     "rationale": "Steps: {items}",
     "solution": "Solution: {text}",
     "lecture": "Background: {text}",
@@ -65,7 +69,9 @@ DEFAULT_TEMPLATES: dict[str, str] = {
     "item_sep": "; ",
     "section_sep": "\n",
 }
-_ITEM_SEP_BY_KIND = {"captions": " ", "hints": " ", "rationale": " ", "program": ", "}
+# hints: one step per line (issue 13; the paper's step-wise hints, Table 4)
+_ITEM_SEP_BY_KIND = {"captions": " ", "hints": "\n", "hints_exec": "\n", "hints_summary": " ", "rationale": " ",
+                     "program": ", "}
 
 
 def canonical_kind(kind: str) -> str:
@@ -130,7 +136,7 @@ def render_privileged(privileged: dict, kinds: list[str], templates: dict | None
             else:
                 items = [t["box_item"].format(box=box(r["bbox"])).strip() for r in regs]
             items = [i for i in items if i]
-        elif kind in ("captions", "hints", "rationale"):
+        elif kind in ("captions", "hints", "rationale", "hints_exec", "hints_summary"):
             items = list(privileged.get(kind) or [])
         elif kind in ("solution", "lecture", "answer"):
             text = privileged.get(kind)

@@ -98,7 +98,9 @@ def write_token_html(samples_path: str | Path, out_path: str | Path, title: str 
         blocks.append(
             f'<div class="s"><div class="m">step {s.get("step")} · answer: '
             f'{html.escape(str(s.get("answer")))}</div>'
-            f'<div class="p">{html.escape(s.get("prompt", ""))}</div><div class="r">{"".join(spans)}</div></div>'
+            f'<div class="p">{html.escape(s.get("prompt", ""))}</div>'
+            + (f'<div class="p">teacher also saw: {html.escape(s["privileged"])}</div>' if s.get("privileged") else "")
+            + f'<div class="r">{"".join(spans)}</div></div>'
         )
     legend = "".join(f'<span class="t" style="background:{c}">{html.escape(r)}</span> ' for r, c in palette.items())
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>

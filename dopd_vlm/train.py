@@ -216,6 +216,11 @@ def _train(cfg: TrainConfig, folder) -> Path:
         data = data[cfg.data.split]
     if cfg.data.max_samples:
         data = data.select(range(min(cfg.data.max_samples, len(data))))
+    from dopd_vlm.privilege_check import check_training_data, show_teacher_view, teacher_view_text
+
+    priv_table = bool(set(table.policies()) & set(POLICIES_NEEDING_PRIV))  # never train on empty privilege
+    check_training_data(data, cfg.data.privileged_kinds, table.policies(), cfg.data.max_empty_privileged_share,
+                        warn=accelerator.print, where=str(dataset_path))
     world, rank = accelerator.num_processes, accelerator.process_index
     if cfg.optim.prompts_per_step % world:
         raise SystemExit(f"optim.prompts_per_step={cfg.optim.prompts_per_step} must divide by the "
@@ -244,6 +249,8 @@ def _train(cfg: TrainConfig, folder) -> Path:
         from dopd_vlm.scoring import check_tokenizer_compat
 
         check_tokenizer_compat(student.processor, student.adapter, teacher.processor, teacher.adapter)
+    if priv_table and accelerator.is_main_process:
+        show_teacher_view(data, cfg.data.privileged_kinds, teacher or student, accelerator.print)
     model = student.model
     if cfg.model.use_peft:
         from peft import LoraConfig, get_peft_model
@@ -317,8 +324,9 @@ def _train(cfg: TrainConfig, folder) -> Path:
                     fh.write(json.dumps(metrics) + "\n")
             if result.samples:
                 with open(out / "samples.jsonl", "a") as fh:
-                    for s in result.samples:
-                        fh.write(json.dumps({"step": state.step, **s}) + "\n")
+                    for s, rec in zip(result.samples, records):  # + what the teacher saw (its privileged text)
+                        view = teacher_view_text(rec, cfg.data.privileged_kinds, teacher or student) if priv_table else None
+                        fh.write(json.dumps({"step": state.step, **s, "privileged": view}) + "\n")
         if cfg.run.report_to:
             accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=state.step)
         bar.update(1)

@@ -137,8 +137,11 @@ def test_text_math_builders(tmp_path):
     ds, summary = build(tmp_path, "gsm8k", fx.write_gsm8k)
     r = ds[0]
     assert r["answer"] == "72" and r["images"] == [] and r["prompt"][0]["content"][0]["type"] == "text"
-    # the last step states the answer: it is the conclusion and is dropped
-    assert r["privileged"]["hints"] == ["Natalia sold 48/2 = 24 clips in May."]
+    # hints_exec (with execution): the last step states the answer: it is the conclusion and is dropped
+    assert r["privileged"]["hints_exec"] == ["Natalia sold 48/2 = 24 clips in May."]
+    # hints (without execution, issue 13): what to compute, never the computed results
+    assert r["privileged"]["hints"] == ["Natalia sold 48/2 clips in May.",
+                                        "Natalia sold 48+(48/2) clips altogether in April and May."]
     assert not contains_answer(r["privileged_context"], "72")
     assert "####" in skipped(summary)[1]
     ds, summary = build(tmp_path, "hendrycks_math", fx.write_hendrycks_math)
@@ -192,13 +195,15 @@ def test_cli_source_build_options(tmp_path, capsys):
     out = tmp_path / "cli_out"
     rc = main(["build", "aokvqa", "--source", info["source"], "--out", str(out), "--option", "mode=direct",
                "--privileged", "rationale", "--limit", "1", "--leak-policy", "drop", "--jsonl"])
-    assert rc == 0
+    assert rc == 1  # a build that keeps 0 rows fails, with its reasons (issue 13)
+    captured = capsys.readouterr()
+    assert "kept 0 rows (answer leak" in captured.err
     ds = load_from_disk(str(out))["train"]
     # the rationales name the answer "grass": dropped under --leak-policy drop
     assert len(ds) == 0
     s = json.loads((out / "build_summary.json").read_text())
     assert s["limit"] == 1 and s["privileged_kinds"] == ["rationale"] and s["splits"][0]["leak"]["dropped"] == 1
-    assert "dropped 1" in capsys.readouterr().out
+    assert "dropped 1" in captured.out
     with pytest.raises(ValueError, match="unknown privileged kind"):
         main(["build", "aokvqa", "--source", info["source"], "--out", str(tmp_path / "x"), "--privileged", "boxs"])
     assert main(["build", "gsm8k", "--source", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")]) == 1
@@ -215,7 +220,7 @@ def test_clevr_v1_files(tmp_path):
     assert r["privileged"]["regions"] == []  # CLEVR's own scenes have no boxes
     assert r["privileged"]["scene_graph"]["objects"][1] == {"id": 1, "color": "gray", "shape": "cube",
                                                             "material": "metal", "size": "small"}
-    assert r["privileged_context"].startswith("Hints: Look at all objects. Keep the cylinders.")
+    assert r["privileged_context"].startswith("Hints: Look at all objects.\nKeep the cylinders.")  # one step per line
     assert "Program: scene, filter_shape[cylinder], unique, relate[left], unique, query_material." in r["privileged_context"]
     # the third question's given answer contradicts its program on this scene
     assert "program answer mismatch: executed 'no', given 'yes'" in skipped(summary)[2]

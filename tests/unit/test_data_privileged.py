@@ -30,6 +30,8 @@ PRIV = {
                 {"function": "filter_color", "inputs": [0], "value_inputs": ["red"]},
                 {"function": "count", "inputs": [1], "value_inputs": []}],
     "answer": "2",
+    "hints_exec": ["Find the red objects: 1 + 1 = 2."],
+    "hints_summary": ["Count the red objects."],
 }
 SIZE = (200, 100)
 
