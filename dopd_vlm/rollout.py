@@ -1,7 +1,7 @@
 """Rollouts: G responses per prompt sampled from the student on the plain view.
 
 DOPD samples ``y ~ pi_S(. | x)`` from the current student without privileged information
-(method.md Sec. 1, Sec. 6 step 1). All ``B = P*G`` samples come from one batched ``generate``
+(docs/method.md Sec. 1, Sec. 6 step 1). All ``B = P*G`` samples come from one batched ``generate``
 call on the prompt batch expanded G times, in prompt-major order: rows ``p*G .. p*G+G-1`` are
 the G samples of prompt ``p`` (``ViewBatch.repeat_interleave`` gives the same order, so every
 other view is expanded the same way).
@@ -18,7 +18,7 @@ Stable API::
 log-probability of each sampled token under the model's own distribution at temperature 1,
 sliced to the tokenizer vocabulary, as seen during generation (0 where the mask is false); it
 equals the sampling distribution when temperature = 1, top_p = 1 and top_k = 0 (the defaults,
-method.md Sec. 6 [D]).
+docs/method.md Sec. 6 [D]).
 
 Sampling uses exactly the requested knobs: checkpoint generation defaults that would change the
 distribution (repetition penalty, min-p, typical-p, ...) are neutralised, since the loss assumes
@@ -27,7 +27,8 @@ placeholder tokens are suppressed (a trained model never emits them, a random ti
 a response holding one cannot be scored; project decision).
 
 Engine "vllm" runs the same interface on a ``vllm.LLM`` passed as ``model`` (optional dependency;
-a clear error when it is not installed).
+a clear error when it is not installed); ``dopd_vlm.vllm_rollout`` does the work, and training
+builds its engine there (``rollout.engine=vllm``: weights pushed after every optimiser step).
 """
 
 from __future__ import annotations
@@ -122,58 +123,19 @@ def _sample_hf(model, processor, adapter, batch, G, max_new_tokens, temperature,
 
 def _sample_vllm(llm, processor, adapter, batch, G, max_new_tokens, temperature, top_p, top_k,
                  return_logprobs) -> Rollouts:
-    try:
-        from vllm import LLM, SamplingParams
-    except ImportError as e:
-        raise RuntimeError("engine='vllm' needs the optional vLLM package, which is not installed "
-                           "(pip install vllm on a GPU machine), or use engine='hf'") from e
-    if not isinstance(llm, LLM):
-        raise TypeError(f"engine='vllm' samples from a vllm.LLM passed as `model`, got {type(llm).__name__}")
-    if not batch.texts:
-        raise ValueError("engine='vllm' needs the rendered prompt texts; build the batch with collate()")
-    eos_ids = _vllm_eos_ids(processor, adapter)
-    # vLLM (>= 0.10) reports raw log-probs (logprobs_mode "raw_logprobs", before temperature and
-    # truncation), the same quantity as the HF path; top_k 0 disables top-k there too.
-    params = SamplingParams(
-        n=G, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_new_tokens,
-        stop_token_ids=eos_ids, logprobs=0 if return_logprobs else None, detokenize=False,
-        repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0, min_p=0.0,
-        # image/video placeholders are never text (-100 is vLLM's floor for a logit bias)
-        logit_bias={i: -100.0 for i in batch.placeholder_ids} or None,
-    )
-    prompts = [{"prompt": text, "multi_modal_data": {"image": imgs}} if imgs else {"prompt": text}
-               for text, imgs in zip(batch.texts, batch.images)]
-    outputs = llm.generate(prompts, params, use_tqdm=False)  # results keep the input order
-    rows, lps, cut = [], [], []
-    for req in outputs:
-        if len(req.outputs) != G:
-            raise RuntimeError(f"vLLM returned {len(req.outputs)} completions for a prompt, expected {G}")
-        for comp in req.outputs:
-            ids = list(comp.token_ids)
-            rows.append(ids)
-            cut.append(comp.finish_reason == "length")
-            if return_logprobs:
-                lps.append([step[tok].logprob for step, tok in zip(comp.logprobs, ids)])
-    R = max(1, max(len(r) for r in rows))
-    pad = batch.pad_token_id
-    response_ids_B_R = torch.full((len(rows), R), pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        response_ids_B_R[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-    lengths_B = torch.tensor([len(r) for r in rows])
-    in_range_B_R = torch.arange(R)[None] < lengths_B[:, None]
-    mask_B_R, _ = response_mask(response_ids_B_R, eos_ids)
-    mask_B_R &= in_range_B_R
-    truncated_B = torch.tensor(cut, dtype=torch.bool)
-    logprobs_B_R = None
-    if return_logprobs:
-        logprobs_B_R = torch.zeros(len(rows), R)
-        for i, lp in enumerate(lps):
-            logprobs_B_R[i, :len(lp)] = torch.tensor(lp)
-    return Rollouts(response_ids_B_R, mask_B_R, truncated_B, G, logprobs_B_R)
+    from dopd_vlm import vllm_rollout
+
+    vllm = vllm_rollout.import_vllm()
+    if not isinstance(llm, vllm.LLM):
+        raise TypeError(f"engine='vllm' samples from a vllm.LLM passed as `model`, got {type(llm).__name__}; "
+                        "training builds one itself (rollout.engine=vllm)")
+    return vllm_rollout.generate(llm, batch, G, max_new_tokens, temperature, top_p, top_k,
+                                 _vllm_eos_ids(processor, adapter), return_logprobs)
 
 
 def _vllm_eos_ids(processor, adapter) -> list[int]:
-    """EOS ids from the tokenizer (vLLM holds no HF generation config object here)."""
+    """EOS ids from the tokenizer (a bare ``vllm.LLM`` comes with no HF generation config object);
+    training passes the HF model's ``adapter.eos_token_ids`` instead."""
     tok = adapter.tokenizer(processor)
     if tok.eos_token_id is None:
         raise ValueError("the tokenizer defines no EOS token; vLLM sampling cannot stop")

@@ -1,8 +1,8 @@
-"""One optimiser step of on-policy distillation (method.md §6), as the recipe in ``train.py`` runs it.
+"""One optimiser step of on-policy distillation (docs/method.md §6), as the recipe in ``train.py`` runs it.
 
 The routing table decides which policies are scored (``table.policies()``); nothing here branches
 on the method. Statistics and thresholds are computed over the whole step before any backward, so
-gradient accumulation does not change the routing (method.md §3, ``threshold_scope: step``).
+gradient accumulation does not change the routing (docs/method.md §3, ``threshold_scope: step``).
 
 Shape legend: P prompts, G rollouts per prompt, B = P·G sequences, R response tokens,
 V vocabulary, H hidden size.
@@ -18,9 +18,10 @@ import torch
 from dopd_vlm.collate import collate
 from dopd_vlm.lean import lean_routed_loss, lean_token_stats
 from dopd_vlm.loss import routed_loss
-from dopd_vlm.rollout import sample_rollouts
+from dopd_vlm.rollout import Rollouts, sample_rollouts
 from dopd_vlm.routing import TokenStats, route, thresholds_for_scope, token_stats
 from dopd_vlm.scoring import build_scoring_inputs, score
+from dopd_vlm.vllm_rollout import logprob_mismatch, token_logprobs
 
 
 def trained_logits(model, unwrapped, adapter, prompt_batch, response_ids_B_R, vocab_size: int):
@@ -33,6 +34,69 @@ def trained_logits(model, unwrapped, adapter, prompt_batch, response_ids_B_R, vo
     return adapter.response_logits(model, inputs, R)[..., :vocab_size]
 
 
+# ------------------------------------------------------------------------------------------ loss paths
+class DenseLoss:
+    """Eq. 10 / Eq. 11 from ``[B, R, V]`` logits (``dopd_vlm.loss.routed_loss``): targets are
+    scored as logits, the student's trained forward returns logits."""
+
+    target_output = "logits"
+
+    def __init__(self, routing):
+        self.routing = routing
+
+    def lm_head(self, policy_model, adapter, vocab):
+        return None  # logits carry the head already
+
+    def token_stats(self, targets, heads, ids_B_R, mask_B_R) -> TokenStats:
+        return token_stats(targets["teacher_priv"], targets["student_priv"], ids_B_R, mask_B_R)
+
+    def micro_batch(self, model, unwrapped, adapter, plain_b, targets_b, heads, ids_b, mask_b, table, stats_b,
+                    thresholds, step_num_sequences, vocab, want_logprobs=False):
+        """``(loss, metrics, sampled-token log-probs [b, R] or None)`` of one micro-batch, with grad."""
+        logits_b_R_V = trained_logits(model, unwrapped, adapter, plain_b, ids_b, vocab)
+        loss, metrics = routed_loss(logits_b_R_V, targets_b, ids_b, mask_b, table, self.routing,
+                                    thresholds=thresholds, step_num_sequences=step_num_sequences)
+        return loss, metrics, token_logprobs(logits_b_R_V, ids_b) if want_logprobs else None
+
+
+class LeanLoss:
+    """The same loss from hidden states ``[B, R, H]`` and ``lm_head`` weights, never forming
+    ``[B, R, V]`` (``dopd_vlm.lean``; docs/method.md §5.1 "Memory at real sizes")."""
+
+    target_output = "hidden"
+
+    def __init__(self, routing):
+        self.routing = routing
+
+    def lm_head(self, policy_model, adapter, vocab):
+        return adapter.lm_head_weight(policy_model)[:vocab].detach()
+
+    def token_stats(self, targets, heads, ids_B_R, mask_B_R) -> TokenStats:
+        priv = ("teacher_priv", "student_priv")
+        return lean_token_stats({k: targets[k] for k in priv}, {k: heads[k] for k in priv}, ids_B_R, mask_B_R,
+                                self.routing)
+
+    def micro_batch(self, model, unwrapped, adapter, plain_b, targets_b, heads, ids_b, mask_b, table, stats_b,
+                    thresholds, step_num_sequences, vocab, want_logprobs=False):
+        inputs, _ = build_scoring_inputs(unwrapped, adapter, plain_b, ids_b)
+        hidden_b_R_H = adapter.response_hidden(model, inputs, ids_b.shape[1])
+        head_V_H = adapter.lm_head_weight(unwrapped)[:vocab]
+        loss, metrics = lean_routed_loss(hidden_b_R_H, head_V_H, targets_b, heads, ids_b, mask_b, table, self.routing,
+                                         stats=stats_b, thresholds=thresholds, step_num_sequences=step_num_sequences)
+        logprobs = None
+        if want_logprobs:  # chunked like the loss: one [chunk, V] block at a time
+            with torch.no_grad():
+                h_N_H = hidden_b_R_H.detach().reshape(-1, hidden_b_R_H.shape[-1])
+                ids_N = ids_b.reshape(-1)
+                size = self.routing.lean_chunk_size
+                logprobs = torch.cat([token_logprobs(h_N_H[i:i + size] @ head_V_H.detach().T, ids_N[i:i + size])
+                                      for i in range(0, ids_N.numel(), size)]).reshape(ids_b.shape)
+        return loss, metrics, logprobs
+
+
+LOSS_PATHS = {"dense": DenseLoss, "lean": LeanLoss}
+
+
 @dataclass
 class StepResult:
     metrics: dict
@@ -41,13 +105,20 @@ class StepResult:
 
 
 class StepRunner:
-    """Holds the policies and runs ``step(records)``: rollouts, scoring, routing, backward."""
+    """Holds the policies and runs ``step(records)``: rollouts, scoring, routing, backward.
+
+    ``engine`` is the vLLM rollout engine when ``rollout.engine=vllm`` (``dopd_vlm.vllm_rollout.attach``
+    sets it and pushes the weights after every optimiser step); None samples with HF ``generate``.
+    """
 
     def __init__(self, cfg, table, student, teacher, accelerator):
         self.cfg, self.table, self.student, self.teacher, self.acc = cfg, table, student, teacher, accelerator
         self.policies = table.policies()
         ds = accelerator.state.deepspeed_plugin
         self.synced_gpus = ds is not None and ds.zero_stage == 3  # ZeRO-3 generation must stay in lockstep
+        self.loss_path = LOSS_PATHS[cfg.run.loss_impl](cfg.routing)
+        self.engine = None
+        self.pending_metrics: dict[str, float] = {}  # e.g. the last weight push, reported with the next step
 
     def _views(self, records):
         """Per-policy prompt batches (P rows): each model gets its own processor's tokens/images."""
@@ -62,6 +133,21 @@ class StepRunner:
                                                                    views=teacher_views).items()})
         return batches
 
+    def _rollouts(self, batch, unwrapped) -> Rollouts:
+        """y ~ π_S(·|x) from the plain view [P §6.1], with the HF model or the vLLM engine."""
+        rc = self.cfg.rollout
+        if self.engine is None:
+            return sample_rollouts(unwrapped, self.student.processor, self.student.adapter, batch,
+                                   rc.num_generations, rc.max_new_tokens, rc.temperature, rc.top_p, rc.top_k,
+                                   engine="hf", synced_gpus=self.synced_gpus)
+        eos_ids = self.student.adapter.eos_token_ids(unwrapped, self.student.processor)
+        rollouts = self.engine.sample(batch, rc.num_generations, rc.max_new_tokens, rc.temperature, rc.top_p,
+                                      rc.top_k, eos_ids, return_logprobs=True)
+        device = batch.input_ids_B_T.device
+        return Rollouts(rollouts.response_ids_B_R.to(device), rollouts.response_mask_B_R.to(device),
+                        rollouts.truncated_B.to(device), rollouts.num_generations,
+                        None if rollouts.logprobs_B_R is None else rollouts.logprobs_B_R.to(device))
+
     def step(self, records: list[dict], sample: bool = False) -> StepResult:
         cfg, acc = self.cfg, self.acc
         G = cfg.rollout.num_generations
@@ -73,39 +159,34 @@ class StepRunner:
 
         # 1. rollouts y ~ π_S(·|x) from the plain view [P §6.1]
         unwrapped.eval()
-        rollouts = sample_rollouts(unwrapped, self.student.processor, self.student.adapter, batches["student_plain"],
-                                   G, cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p,
-                                   cfg.rollout.top_k, engine=cfg.rollout.engine, synced_gpus=self.synced_gpus)
+        rollouts = self._rollouts(batches["student_plain"], unwrapped)
         ids_B_R, mask_B_R = rollouts.response_ids_B_R, rollouts.response_mask_B_R
         expanded = {k: b.repeat_interleave(G) for k, b in batches.items()}
 
-        # 2. targets, scored on the identical response ids, no grad [P §6.2]. The lean path keeps
-        #    hidden states [B, R, H] and each policy's lm_head instead of [B, R, V] logits (design.md).
-        lean = cfg.run.loss_impl == "lean"
+        # 2. targets, scored on the identical response ids, no grad [P §6.2]. The loss path says
+        #    what a target is: [B, R, V] logits (dense) or [B, R, H] hidden states + lm_head (lean).
+        path = self.loss_path
         V = expanded["student_plain"].vocab_size
         models = {"teacher": self.teacher, "student": self.student}
-        targets, heads = {}, {}  # policy -> [B, R, V] logits (dense) or [B, R, H] hidden (lean); [V, H]
+        targets, heads = {}, {}  # policy -> logits or hidden states; policy -> [V, H] (lean)
         with torch.no_grad():
             for policy in sorted(self.policies - {"student_plain"}):
                 pol = models[policy.split("_", 1)[0]]
-                out = score(pol.hf_model, pol.adapter, expanded[policy], ids_B_R, mask_B_R,
-                            output="hidden" if lean else "logits")
+                out = score(pol.hf_model, pol.adapter, expanded[policy], ids_B_R, mask_B_R, output=path.target_output)
                 targets[policy] = out.detach().to(device)
-                if lean:
-                    heads[policy] = pol.adapter.lm_head_weight(pol.hf_model)[:V].detach().to(device)
+                head = path.lm_head(pol.hf_model, pol.adapter, V)
+                if head is not None:
+                    heads[policy] = head.to(device)
         unwrapped.train()
         bad = sorted(p for p, t in targets.items() if not bool(torch.isfinite(t[mask_B_R]).all()))
         if not self._all_ranks(not bad):
             acc.print(f"non-finite target scores on valid response tokens: {bad or 'on another rank'}")
             return StepResult({"loss": float("nan")}, finite=False)
 
-        # 3. statistics and thresholds over the whole step before any backward (method.md §2-§3)
+        # 3. statistics and thresholds over the whole step before any backward (docs/method.md §2-§3)
         stats = thresholds = None
         if self.table.router != "all":
-            priv = ("teacher_priv", "student_priv")
-            stats = (lean_token_stats({k: targets[k] for k in priv}, {k: heads[k] for k in priv}, ids_B_R, mask_B_R,
-                                      cfg.routing) if lean else
-                     token_stats(targets["teacher_priv"], targets["student_priv"], ids_B_R, mask_B_R))
+            stats = path.token_stats(targets, heads, ids_B_R, mask_B_R)
             thresholds = thresholds_for_scope([stats], cfg.routing, gather=self._gather_1d)
 
         # 4. loss per micro-batch (Eq. 10 / Eq. 11), gradients accumulated over the step
@@ -117,24 +198,20 @@ class StepRunner:
         total_loss = 0.0
         finite = True
         plain = expanded["student_plain"]
-        adapter = self.student.adapter
+        want_logprobs = rollouts.logprobs_B_R is not None
+        trainer_lp_B_R = torch.zeros(ids_B_R.shape, device=device) if want_logprobs else None
         for ci, rows in enumerate(chunks):
             rows_t = torch.tensor(rows, device=device)
             ids_b, mask_b = ids_B_R[rows_t], mask_B_R[rows_t]
             sub = {k: v[rows_t] for k, v in targets.items()}
+            sub_stats = None if stats is None else TokenStats(
+                stats.logq_T_B_R[rows_t], stats.logq_S_B_R[rows_t], stats.mask_B_R[rows_t])
             with acc.no_sync(model) if ci < len(chunks) - 1 else nullcontext():
-                if lean:
-                    inputs, _ = build_scoring_inputs(unwrapped, adapter, plain.select(rows), ids_b)
-                    hidden_b_R_H = adapter.response_hidden(model, inputs, ids_b.shape[1])
-                    sub_stats = None if stats is None else TokenStats(
-                        stats.logq_T_B_R[rows_t], stats.logq_S_B_R[rows_t], stats.mask_B_R[rows_t])
-                    loss, metrics = lean_routed_loss(
-                        hidden_b_R_H, adapter.lm_head_weight(unwrapped)[:V], sub, heads, ids_b, mask_b, self.table,
-                        cfg.routing, stats=sub_stats, thresholds=thresholds, step_num_sequences=B)
-                else:
-                    logits_b_R_V = trained_logits(model, unwrapped, adapter, plain.select(rows), ids_b, V)
-                    loss, metrics = routed_loss(logits_b_R_V, sub, ids_b, mask_b, self.table, cfg.routing,
-                                                thresholds=thresholds, step_num_sequences=B)
+                loss, metrics, lp_b_R = path.micro_batch(
+                    model, unwrapped, self.student.adapter, plain.select(rows), sub, heads, ids_b, mask_b, self.table,
+                    sub_stats, thresholds, B, V, want_logprobs=want_logprobs)
+                if lp_b_R is not None:
+                    trainer_lp_B_R[rows_t] = lp_b_R.to(device)
                 if not self._all_ranks(bool(torch.isfinite(loss))):  # every rank skips, or none: no DDP hang
                     finite = False
                     continue
@@ -151,6 +228,10 @@ class StepRunner:
         metrics["loss"] = total_loss if finite else float("nan")
         metrics["response/length"] = float(mask_B_R.sum(-1).float().mean())
         metrics["response/truncated"] = float(rollouts.truncated_B.float().mean())
+        if want_logprobs:  # the silent drift of a rollout engine: its log-probs vs the trainer's scoring
+            metrics.update(logprob_mismatch(rollouts.logprobs_B_R, trainer_lp_B_R, mask_B_R))
+        metrics.update(self.pending_metrics)
+        self.pending_metrics = {}
 
         samples = self._samples(records, ids_B_R, mask_B_R, stats, thresholds, G) if sample else []
         return StepResult(metrics, finite, samples)

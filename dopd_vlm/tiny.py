@@ -4,7 +4,7 @@
 plus processor folder that every other command loads like any Hugging Face checkpoint. The
 tokenizer is the committed byte-level BPE in ``dopd_vlm/assets/tokenizer`` (Qwen's pre-tokenizer
 regex, Qwen's special tokens in Qwen's order); ``scripts/make_tokenizer.py`` regenerates it.
-Recipe adapted from ``shared/reference/tinyvlm.py`` (verified end to end with transformers 5.24).
+Recipe verified end to end with transformers 5.24.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ QWEN_VL_CHAT_TEMPLATE = (
 #        vision hidden, vision depth, vision intermediate, vision heads)
 SIZES = {
     "tiny": (64, 2, 128, 4, 2, 64, 2, 128, 4),  # ~0.6-0.9M parameters with the 4k vocabulary
+    "tiny-h32": (64, 2, 128, 2, 1, 64, 2, 128, 2),  # as tiny, head size 32: the smallest vLLM's CPU attention takes
     "5m": (192, 4, 768, 4, 2, 128, 4, 512, 4),  # ~5M
     "30m": (384, 6, 1536, 6, 2, 384, 4, 1536, 6),  # ~30M
 }

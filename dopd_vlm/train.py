@@ -291,6 +291,10 @@ def _train(cfg: TrainConfig, folder) -> Path:
         accelerator.init_trackers("dopd-vlm", config={"table": cfg.table, "lr": cfg.optim.lr})
 
     runner = StepRunner(cfg, table, student, teacher, accelerator)
+    if cfg.rollout.engine == "vllm":  # vLLM engine or server, fed the weights after every optimiser step
+        from dopd_vlm.vllm_rollout import attach
+
+        attach(runner, optimizer, cfg, student, student_path, out, seed=cfg.optim.seed + accelerator.process_index)
     bar = tqdm(total=cfg.optim.max_steps, initial=state.step, desc=f"train {cfg.table}",
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     bad_in_a_row = 0

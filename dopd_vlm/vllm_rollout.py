@@ -1,6 +1,6 @@
 """Rollouts from vLLM during training: a colocated engine per process, or a vLLM server.
 
-With ``rollout.engine=vllm`` the trainer samples ``y ~ pi_S(. | x)`` (method.md §6 step 1) with
+With ``rollout.engine=vllm`` the trainer samples ``y ~ pi_S(. | x)`` (docs/method.md §6 step 1) with
 vLLM instead of transformers' ``generate``. The policy must be the *current* student, so after
 every optimiser step its weights (LoRA deltas merged in) are pushed into vLLM before the next
 rollouts, and vLLM's caches that hold values computed with the old weights are dropped:
@@ -60,8 +60,8 @@ def import_vllm():
     try:
         import vllm
     except ImportError as e:
-        raise VLLMRolloutError("rollout.engine=vllm needs the optional vLLM package, which is not installed "
-                               "(pip install -e \".[vllm]\"; README \"vLLM\"), or use rollout.engine=hf") from e
+        raise VLLMRolloutError("engine='vllm' needs the optional vLLM package, which is not installed "
+                               "(pip install -e \".[vllm]\"; README \"vLLM\"), or use engine='hf'") from e
     return vllm
 
 
@@ -233,6 +233,25 @@ def logprob_mismatch(rollout_lp_B_R: torch.Tensor, trainer_lp_B_R: torch.Tensor,
             "rollout/seq_ratio_mean": float(diff_B_R.sum(-1).exp().mean())}
 
 
+def probe(engine, hf_model, processor, adapter, batch, max_new_tokens: int = 8) -> dict:
+    """Sample one response per prompt of ``batch`` (P rows) with ``engine`` and score it with the
+    HF model: ``logprob_mismatch`` of the two on those tokens (a check that a push arrived whole)."""
+    from dopd_vlm.scoring import score
+
+    eos_ids = adapter.eos_token_ids(hf_model, processor)
+    r = engine.sample(batch, 1, max_new_tokens, 1.0, 1.0, 0, eos_ids, return_logprobs=True)
+    dev = batch.input_ids_B_T.device
+    ids_B_R, mask_B_R = r.response_ids_B_R.to(dev), r.response_mask_B_R.to(dev)
+    was_training = hf_model.training
+    hf_model.eval()
+    try:
+        with torch.no_grad():
+            logits_B_R_V = score(hf_model, adapter, batch, ids_B_R, mask_B_R)[..., :batch.vocab_size]
+    finally:
+        hf_model.train(was_training)
+    return logprob_mismatch(r.logprobs_B_R, token_logprobs(logits_B_R_V, ids_B_R), mask_B_R)
+
+
 # ------------------------------------------------------------------------------------- engines
 def _vllm_dtype(model_cfg, run_cfg) -> str:
     if run_cfg.mixed_precision == "bf16":
@@ -246,7 +265,7 @@ class ColocatedEngine:
     """A ``vllm.LLM`` in this process, fed the student's weights after each optimiser step."""
 
     def __init__(self, model_path: str, rollout_cfg, dtype: str = "float32", seed: int = 0,
-                 trust_remote_code: bool = False, max_images: int = 0):
+                 trust_remote_code: bool = False):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # tensors go to the worker without pickling
         if not torch.cuda.is_available():
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(rollout_cfg.vllm_cpu_kv_cache_gb))))
@@ -259,8 +278,6 @@ class ColocatedEngine:
             kwargs["gpu_memory_utilization"] = rollout_cfg.vllm_gpu_memory_utilization
         if rollout_cfg.vllm_max_model_len:
             kwargs["max_model_len"] = rollout_cfg.vllm_max_model_len
-        if max_images:
-            kwargs["limit_mm_per_prompt"] = {"image": max_images, "video": 0}
         self.llm = vllm.LLM(**kwargs)
         self.version = 0
 
@@ -404,8 +421,7 @@ def build_engine(cfg, student, model_path: str, output_dir: str | Path, seed: in
     else:
         with phase("vllm engine start"):
             engine = ColocatedEngine(model_path, rc, dtype=_vllm_dtype(cfg.model, cfg.run), seed=seed,
-                                     trust_remote_code=cfg.model.trust_remote_code,
-                                     max_images=4 if student.adapter.takes_images else 0)
+                                     trust_remote_code=cfg.model.trust_remote_code)
     engine.push(student.hf_model)  # resume / LoRA: the engine starts from the student as it is now
     return engine
 

