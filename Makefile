@@ -6,7 +6,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The torch/torchvision pair that works here (../shared/docs/stack.md). A GPU user with their own
+# The torch/torchvision pair that works here (measured; docs/gpu.md installs your own). A GPU user with their own
 # CUDA torch sets TORCH_SPEC= (empty) to keep the installed torch, e.g. `make setup TORCH_SPEC=`.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=

@@ -462,7 +462,7 @@ def main(argv=None) -> int:
 
     # ---- training
     student.train()
-    for n, p_ in student.named_parameters():  # frozen vision tower, as the tiny presets (method.md §6 [D])
+    for n, p_ in student.named_parameters():  # frozen vision tower, as the tiny presets (docs/method.md §6 [D])
         if ".visual." in f".{n}":
             p_.requires_grad_(False)
     if a.grad_ckpt:

@@ -1,6 +1,6 @@
 """Privileged datasets from the datasets users already have, plus the offline synthetic scenes.
 
-Modules (``shared/docs/data.md``):
+Modules (``docs/data.md``):
   records     the record schema, ``validate_record``, image resolution, canonical boxes, Features
   scenes      the synthetic scene generator (grid / free layouts, CLEVR-style programs and executor)
   synthetic   ``build_synthetic(out_dir, n_train, n_test, seed, layout, privileged_kinds, ...)``

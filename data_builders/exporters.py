@@ -9,7 +9,7 @@
   file:// path>}, {"type": "text", "text": ...}]}]``, what ``process_vision_info`` reads.
 - Record JSON lines: the record itself with images as files (``write_records_jsonl``).
 
-``view="teacher"`` appends ``privileged_context`` after the question in the user turn (method.md
+``view="teacher"`` appends ``privileged_context`` after the question in the user turn (docs/method.md
 Sec. 7: teacher and privileged student read the identical text); ``view="student"`` is the plain prompt.
 """
 

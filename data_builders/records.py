@@ -1,4 +1,4 @@
-"""The record: one image-question pair with privileged signals (``shared/docs/data.md``).
+"""The record: one image-question pair with privileged signals (``docs/data.md``).
 
 Schema (a superset of TRL's conversational vision rows)::
 

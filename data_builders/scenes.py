@@ -1,12 +1,12 @@
 """Synthetic scenes: exactly annotated image-question data drawn with Pillow (Sort-of-CLEVR lineage).
 
-The offline default of the toolkit (``shared/docs/data.md``, last section). Everything is
+The offline default of the toolkit (``docs/data.md``, synthetic scenes). Everything is
 deterministic from a seed: scene ``i`` of a split uses ``random.Random(f"{seed}/{split}/{i}")``, so
 a ``--limit`` prefix of a build equals the same prefix of a larger build.
 
 Two layouts:
 
-- ``grid`` (the CPU demo's default, ``shared/docs/demo-notes.md``): an 84x84 image, a 3x3 grid of
+- ``grid`` (the CPU demo's default, ``docs/data.md``): an 84x84 image, a 3x3 grid of
   28-px cells, 2-6 objects, one centred 22-px object per occupied cell, 3 shapes x 4 colours on a
   fixed background. With patch 14 / merge 2 each merged visual token covers exactly one cell.
 - ``free``: a 224x224 image, 3-7 objects of two sizes placed at random without overlap (a gap of
@@ -46,18 +46,18 @@ BACKGROUND = (128, 128, 128)
 SHAPES = ("circle", "square", "triangle")
 SIZES_PX = {"small": 20, "large": 32}  # free layout (project decision)
 FAMILIES = ("count", "exist", "query", "compare", "spatial", "extreme",
-            # the narrower templates of demo-notes.md (grid layout): count of a colour, colour at
+            # the narrower templates of the grid layout (docs/data.md): count of a colour, colour at
             # (row, column), shape of the uniquely coloured object
             "count_color", "color_at", "shape_of_color",
             # the CPU demo's multi-part / grounded families (several content tokens per answer):
             # "red two green zero blue one yellow one", "blue triangle", "green circle yes"
             "count_each_color", "shape_of_color_named", "exist_named")
 BINARY_FAMILIES = ("exist", "compare", "spatial")
-# Project decision (demo-notes.md): the four one-token-answer families the first CPU demo was measured on.
+# Project decision: the four one-token-answer families the first CPU demo was measured on.
 GRID_FAMILIES = ("count_color", "color_at", "exist", "shape_of_color")
 # Project decision: the CPU demo's families. Their answers have several content tokens (so DOPD's
 # per-token routing has something to route) and build only on what tiny models learn from pixels
-# (counting, colour/shape binding, existence; color_at is never learned, demo-notes.md).
+# (counting, colour/shape binding, existence; color_at is never learned in the demo's probes).
 DEMO_FAMILIES = ("count_each_color", "shape_of_color_named", "exist_named")
 MULTIPART_FAMILIES = DEMO_FAMILIES
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -76,7 +76,7 @@ GRID_LAYOUTS = ("grid", "occluded")
 
 @dataclass(frozen=True)
 class Layout:
-    """Scene layout parameters; ``grid`` is demo-notes.md's token-local design."""
+    """Scene layout parameters; ``grid`` is the CPU demo's token-local design (docs/data.md)."""
 
     name: str
     image_size: int
@@ -95,14 +95,14 @@ class Layout:
 
 
 LAYOUTS = {
-    # demo-notes.md: 3x3 cells of 28 px, 2-6 objects, 4 colours
+    # the CPU demo's grid: 3x3 cells of 28 px, 2-6 objects, 4 colours
     "grid": Layout("grid", 84, 2, 6, ("red", "green", "blue", "yellow")),
     # the CPU demo: the grid with one occluded object in half of the scenes; a third of the questions
     # are drawn so that their answer depends on it ("privileged_only"), the rest are answered by the
     # visible objects alone ("perceivable") - project decision (issue 14)
     "occluded": Layout("occluded", 84, 2, 6, ("red", "green", "blue", "yellow"), hidden_prob=0.5,
                        privileged_only_prob=1 / 3),
-    # data.md: 3-7 objects; 224 px = 8 x 28 = 7 x 32 (whole patches for patch 14 and patch 16) - project decision
+    # docs/data.md: 3-7 objects; 224 px = 8 x 28 = 7 x 32 (whole patches for patch 14 and patch 16) - project decision
     "free": Layout("free", 224, 3, 7, tuple(COLORS)),
 }
 
@@ -217,7 +217,7 @@ CAPTION_STYLES = ("cells", "slots")
 
 def caption(scene: dict, style: str = "cells") -> str:
     """Grid: objects in reading order with their cell (``cells``), or ``slots``: the 9 cells in
-    row-major order, "empty" where no object is, without numbers (demo-notes.md's untested idea of a
+    row-major order, "empty" where no object is, without numbers (an untested idea of the first demo probe: a
     short fixed-length list); free layout: objects from left to right."""
     if style not in CAPTION_STYLES:
         raise ValueError(f"caption style must be one of {CAPTION_STYLES}, got {style!r}")
@@ -662,7 +662,7 @@ def write_clevr(out_dir: str | Path, split: str, items: list[tuple[dict, dict, o
 SOURCE_NAME = "dopd-vlm/synthetic_scenes"
 # Project decision: the DOPD paper's best VLM privilege (boxes with labels, Table 5) is the default.
 DEFAULT_KINDS = ("regions",)
-VARIANTS = {  # the privileged variants of data.md, by name -> kinds
+VARIANTS = {  # the privileged variants of docs/data.md, by name -> kinds
     "caption": ("captions",), "boxes_labels": ("regions",), "boxes_caption": ("boxes", "captions"),
     "scene_graph": ("scene_graph",), "program": ("program",), "trace": ("rationale",),
     "hints": ("hints",), "answer_only": ("answer",), "none": (),

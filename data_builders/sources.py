@@ -160,7 +160,7 @@ def check_columns(ds, builder: SourceBuilder, source: str) -> None:
         raise SourceError(f"{builder.name}: source {source!r} lacks the column(s) {missing}; it has "
                           f"{sorted(ds.features)}. Expected the schema of "
                           f"{builder.hub_ids[0] if builder.hub_ids else f'the {builder.name} format ({builder.doc})'} "
-                          "(shared/docs/data.md); the dataset card may have changed.")
+                          "(docs/data.md); the dataset card may have changed.")
 
 
 def _local_name(p: Path) -> str:

@@ -45,7 +45,11 @@ _Loader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|F
 
 def load_yaml(stream: Any) -> Any:
     """``yaml.safe_load`` with booleans spelled true/false only (``no`` stays the string "no")."""
-    return yaml.load(stream, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    loader = _Loader(stream)  # a SafeLoader: what yaml.safe_load does, with the bool resolver above
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 class ConfigError(ValueError):
@@ -312,7 +316,7 @@ __all__ = ["ConfigError", "apply_overrides", "config_fields", "field_help", "fro
 
 # =================================================================================================
 # The run configs. Sections are flat dataclasses of scalars; comments give meaning and source.
-# [P] = stated in the DOPD paper (method.md); [D] = project decision.
+# [P] = stated in the DOPD paper (docs/method.md); [D] = project decision.
 # =================================================================================================
 from dataclasses import dataclass, field  # noqa: E402
 

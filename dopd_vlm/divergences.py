@@ -1,21 +1,21 @@
-"""Token-level divergences between the trained student and a target distribution (method.md §4, §5, §8).
+"""Token-level divergences between the trained student and a target distribution (docs/method.md §4, §5, §8).
 
 Pure torch. Every function takes logits or log-probabilities whose last dimension is the vocabulary
 (or a support drawn from it) and returns one value per row. All arithmetic runs in float32 whatever
 the input dtype (float64 inputs stay float64, which the float64 reference tests rely on): bf16
-divergences come out negative (design.md, "Known traps").
+divergences come out negative (docs/method.md §11, "Known traps").
 
 Direction convention (the student ``P_S`` is always the trained ``student_plain`` distribution and
 ``P_T`` the routing-table target):
-  * reverse KL  ``KL(P_S ‖ P_T)``  (method.md §4, LH / LL / HS regimes; vanilla OPD)
+  * reverse KL  ``KL(P_S ‖ P_T)``  (docs/method.md §4, LH / LL / HS regimes; vanilla OPD)
   * forward KL  ``KL(P_T ‖ P_S)``
-  * JS          ``½ KL(P_S ‖ M) + ½ KL(P_T ‖ M)``, ``M = ½ (P_S + P_T)`` (method.md §5, HT regime)
-  * JSD(β)      ``β KL(P_T ‖ M) + (1 − β) KL(P_S ‖ M)``, ``M = β P_T + (1 − β) P_S`` (method.md §8,
+  * JS          ``½ KL(P_S ‖ M) + ½ KL(P_T ‖ M)``, ``M = ½ (P_S + P_T)`` (docs/method.md §5, HT regime)
+  * JSD(β)      ``β KL(P_T ‖ M) + (1 − β) KL(P_S ‖ M)``, ``M = β P_T + (1 − β) P_S`` (docs/method.md §8,
     GKD/OPSD); β = 0 is forward KL and β = 1 reverse KL, as explicit branches.
 
-Supports (method.md §4 "Top-K details"): ``full`` vocabulary, ``topk`` (indices from the
+Supports (docs/method.md §4 "Top-K details"): ``full`` vocabulary, ``topk`` (indices from the
 ``target`` | ``student`` | ``union`` top-K, tail ``renorm`` | ``bucket``) and ``sampled`` (the sampled
-token only, reverse KL with the score-function gradient of method.md §8).
+token only, reverse KL with the score-function gradient of docs/method.md §8).
 
 Shape legend: N rows (flattened response tokens), V vocabulary, K support size (K, or ≤ 2K for
 ``union``), S support size after the optional tail bucket (K or K + 1).
@@ -41,17 +41,17 @@ _LOG_ZERO = -1e30
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype divergences are computed in: float32, or float64 for float64 inputs (method.md §5)."""
+    """The dtype divergences are computed in: float32, or float64 for float64 inputs (docs/method.md §5)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _upcast(x: Tensor) -> Tensor:
-    """``x`` in the compute dtype (float32, or float64), method.md §5 "compute in float32"."""
+    """``x`` in the compute dtype (float32, or float64), docs/method.md §5 "compute in float32"."""
     return x.to(compute_dtype(x.dtype))
 
 
 def kl(logp_N_S: Tensor, logq_N_S: Tensor, valid_N_S: Tensor | None = None) -> Tensor:
-    """``KL(P ‖ Q) = Σ_v p_v (log p_v − log q_v)`` per row, from log-probabilities (method.md §5).
+    """``KL(P ‖ Q) = Σ_v p_v (log p_v − log q_v)`` per row, from log-probabilities (docs/method.md §5).
 
     ``valid_N_S`` marks support entries that exist (False for union duplicates); invalid entries
     contribute exactly 0. Inputs are upcast to float32.
@@ -64,22 +64,22 @@ def kl(logp_N_S: Tensor, logq_N_S: Tensor, valid_N_S: Tensor | None = None) -> T
 
 
 def reverse_kl(student_logp_N_S: Tensor, target_logp_N_S: Tensor, valid_N_S: Tensor | None = None) -> Tensor:
-    """Reverse KL ``KL(P_S ‖ P_T)``: the LH / LL / HS objective of DOPD (method.md §4 table)."""
+    """Reverse KL ``KL(P_S ‖ P_T)``: the LH / LL / HS objective of DOPD (docs/method.md §4 table)."""
     return kl(student_logp_N_S, target_logp_N_S, valid_N_S)
 
 
 def forward_kl(student_logp_N_S: Tensor, target_logp_N_S: Tensor, valid_N_S: Tensor | None = None) -> Tensor:
-    """Forward KL ``KL(P_T ‖ P_S)``: JSD(β = 0) (method.md §8)."""
+    """Forward KL ``KL(P_T ‖ P_S)``: JSD(β = 0) (docs/method.md §8)."""
     return kl(target_logp_N_S, student_logp_N_S, valid_N_S)
 
 
 def generalized_jsd(
     student_logp_N_S: Tensor, target_logp_N_S: Tensor, beta: float, valid_N_S: Tensor | None = None
 ) -> Tensor:
-    """Generalised JSD(β) of method.md §8 (GKD, Agarwal et al. 2024; OPSD uses β = 0.5 [P]).
+    """Generalised JSD(β) of docs/method.md §8 (GKD, Agarwal et al. 2024; OPSD uses β = 0.5 [P]).
 
     ``β KL(P_T ‖ M) + (1 − β) KL(P_S ‖ M)`` with ``M = β P_T + (1 − β) P_S``, the mixture formed in
-    probability space with log-sum-exp (method.md §5). β = 0 returns forward KL ``KL(P_T ‖ P_S)``
+    probability space with log-sum-exp (docs/method.md §5). β = 0 returns forward KL ``KL(P_T ‖ P_S)``
     and β = 1 reverse KL ``KL(P_S ‖ P_T)`` as explicit branches (the GKD/TRL convention; the
     mixture formula itself degenerates to 0 at both ends).
     """
@@ -97,7 +97,7 @@ def generalized_jsd(
 
 
 def js(student_logp_N_S: Tensor, target_logp_N_S: Tensor, valid_N_S: Tensor | None = None) -> Tensor:
-    """Jensen-Shannon with the ½/½ mixture, the HT objective (method.md §4, §5); bounded by log 2.
+    """Jensen-Shannon with the ½/½ mixture, the HT objective (docs/method.md §4, §5); bounded by log 2.
 
     ``½ KL(P_S ‖ M) + ½ KL(P_T ‖ M)``, ``log M = logaddexp(log P_S, log P_T) − log 2``.
     """
@@ -115,11 +115,11 @@ def divergence(
     valid_N_S: Tensor | None = None,
     jsd_beta: float = 0.5,
 ) -> Tensor:
-    """Dispatch on a routing-table divergence name (method.md §4 / §8); clamped at 0 (see below).
+    """Dispatch on a routing-table divergence name (docs/method.md §4 / §8); clamped at 0 (see below).
 
     Every divergence here is ≥ 0 mathematically (Gibbs' inequality); float rounding can leave
     −1e-8 when the two distributions agree, so the result is clamped at 0 — the gradient there is
-    ~0 anyway. ``jsd_beta`` is used by ``jsd`` only (default 0.5: OPSD [P], method.md §8).
+    ~0 anyway. ``jsd_beta`` is used by ``jsd`` only (default 0.5: OPSD [P], docs/method.md §8).
     """
     if name == "reverse_kl":
         value_N = reverse_kl(student_logp_N_S, target_logp_N_S, valid_N_S)
@@ -135,13 +135,13 @@ def divergence(
 
 
 def log_prob_at(logits_N_V: Tensor, ids_N: Tensor) -> Tensor:
-    """``log π(y_n)`` at the sampled token from logits, in float32 (method.md §2 statistics)."""
+    """``log π(y_n)`` at the sampled token from logits, in float32 (docs/method.md §2 statistics)."""
     logits_N_V = _upcast(logits_N_V)
     return logits_N_V.gather(-1, ids_N.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits_N_V, dim=-1)
 
 
 def entropy(logits_N_V: Tensor) -> Tensor:
-    """Shannon entropy ``−Σ p log p`` per row (the ``student/entropy`` metric, method.md issue 3)."""
+    """Shannon entropy ``−Σ p log p`` per row (the ``student/entropy`` metric, docs/method.md §10)."""
     logp_N_V = torch.log_softmax(_upcast(logits_N_V), dim=-1)
     return -(logp_N_V.exp() * logp_N_V).sum(-1)
 
@@ -149,7 +149,7 @@ def entropy(logits_N_V: Tensor) -> Tensor:
 def topk_support(
     student_logits_N_V: Tensor, target_logits_N_V: Tensor, k: int, support: str
 ) -> tuple[Tensor, Tensor | None]:
-    """Indices of the top-K support (method.md §4 "Top-K details" [D]: ``target`` default).
+    """Indices of the top-K support (docs/method.md §4 "Top-K details" [D]: ``target`` default).
 
     Returns ``idx_N_K`` and a validity mask (None unless ``union``: then ``idx`` is ``[N, 2K]``
     and entries of the student's top-K already in the target's top-K are marked invalid).
@@ -173,7 +173,7 @@ def topk_support(
 def topk_log_probs(
     logits_N_V: Tensor, idx_N_K: Tensor, valid_N_K: Tensor | None, tail: str
 ) -> tuple[Tensor, Tensor | None]:
-    """Log-probabilities over the top-K support (method.md §4 "Top-K details" [D]).
+    """Log-probabilities over the top-K support (docs/method.md §4 "Top-K details" [D]).
 
     ``renorm``: log-softmax over the K gathered logits. ``bucket``: the K full-vocabulary
     log-probabilities plus one bucket holding the remaining mass (computed as a masked
@@ -213,11 +213,11 @@ def covered_mass(logits_N_V: Tensor, idx_N_K: Tensor, valid_N_K: Tensor | None) 
 
 @dataclass
 class RowTerms:
-    """Per-row outputs of one regime's objective (method.md §5 ``D(student_plain ‖ target)``).
+    """Per-row outputs of one regime's objective (docs/method.md §5 ``D(student_plain ‖ target)``).
 
     ``loss_N`` is differentiable (for ``sampled`` support it is the score-function surrogate whose
     value is not the divergence); ``value_N`` is the detached divergence, or the one-sample estimate
-    ``log π_S(y) − log π_T(y)`` for ``sampled`` (method.md §8). ``covered_*_N`` are set for top-K.
+    ``log π_S(y) − log π_T(y)`` for ``sampled`` (docs/method.md §8). ``covered_*_N`` are set for top-K.
     """
 
     loss_N: Tensor
@@ -239,12 +239,12 @@ def row_terms(
     temperature: float,
     jsd_beta: float,
 ) -> RowTerms:
-    """One regime's ``D(student_plain ‖ target)`` on N rows, with its support (method.md §4, §5, §8).
+    """One regime's ``D(student_plain ‖ target)`` on N rows, with its support (docs/method.md §4, §5, §8).
 
-    Both logits are divided by the loss temperature (1.0 by default, [D] method.md §4) before any
-    softmax. ``sampled`` support implements method.md §8: ``loss = sg(log π_S(y) − log π_T(y)) ·
+    Both logits are divided by the loss temperature (1.0 by default, [D] docs/method.md §4) before any
+    softmax. ``sampled`` support implements docs/method.md §8: ``loss = sg(log π_S(y) − log π_T(y)) ·
     log π_S(y)`` whose expected gradient is the reverse-KL gradient. Only the student side carries
-    gradient; the target is detached here (targets are stop-grad by construction, method.md §1).
+    gradient; the target is detached here (targets are stop-grad by construction, docs/method.md §1).
     """
     student_N_V = _upcast(student_logits_N_V)
     target_N_V = _upcast(target_logits_N_V.detach())
@@ -253,7 +253,7 @@ def row_terms(
     if support == "sampled":
         if divergence_name != "reverse_kl":
             raise ValueError(
-                f"support 'sampled' is the one-sample reverse-KL estimate (method.md §8); "
+                f"support 'sampled' is the one-sample reverse-KL estimate (docs/method.md §8); "
                 f"divergence {divergence_name!r} has no sampled form"
             )
         student_logq_N = log_prob_at(student_N_V, sampled_ids_N)

@@ -112,7 +112,7 @@ def _load_split(dataset_dir: Path, split: str):
     required = ("id", "images", "prompt", "question", "choices", "answer")
     missing = [c for c in required if c not in ds.column_names]
     if missing:
-        raise EvalError(f"{dataset_dir}: records lack field(s) {missing} (see shared/docs/data.md)")
+        raise EvalError(f"{dataset_dir}: records lack field(s) {missing} (see docs/data.md)")
     return ds
 
 

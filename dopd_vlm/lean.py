@@ -1,10 +1,10 @@
-"""Memory-lean routed loss from hidden states and ``lm_head`` weights (design.md "Memory at real sizes").
+"""Memory-lean routed loss from hidden states and ``lm_head`` weights (docs/method.md §5.1 "Memory at real sizes").
 
-Same loss (Eq. 10 / Eq. 11, method.md §5) and the same gradients as ``dopd_vlm.loss.routed_loss``
+Same loss (Eq. 10 / Eq. 11, docs/method.md §5) and the same gradients as ``dopd_vlm.loss.routed_loss``
 on ``hidden @ lm_head.T`` logits, without ever materialising ``[B, R, V]`` logits:
 
 1. Pass 1 (``lean_token_stats``, no grad): chunk by chunk over the valid response tokens, project
-   ``teacher_priv`` and ``student_priv`` hidden states and keep only ``log π(y_n)`` (method.md §2).
+   ``teacher_priv`` and ``student_priv`` hidden states and keep only ``log π(y_n)`` (docs/method.md §2).
    With gradient accumulation the trainer runs it on every micro-batch of the step first, computes
    the step thresholds, and passes ``stats`` and ``thresholds`` here.
 2. Pass 2: route, then per regime and per chunk of its rows project the student and that regime's
@@ -77,7 +77,7 @@ def for_device(routing: RoutingConfig, device: torch.device | str, vocab: int) -
 
 
 def _head(lm_head_V_H: Tensor, vocab_size: int) -> Tensor:
-    """The lm_head rows of the tokenizer's vocabulary (design.md "Known traps": padded embeddings)."""
+    """The lm_head rows of the tokenizer's vocabulary (docs/method.md §11 "Known traps": padded embeddings)."""
     if lm_head_V_H.dim() != 2:
         raise ValueError(f"lm_head weight must be [V, H], got {tuple(lm_head_V_H.shape)}")
     if vocab_size == 0:
@@ -88,7 +88,7 @@ def _head(lm_head_V_H: Tensor, vocab_size: int) -> Tensor:
 
 
 def _check_hidden(name: str, hidden_B_R_H: Tensor, lm_head_V_H: Tensor, response_ids_B_R: Tensor) -> None:
-    """Boundary validation: hidden states score the response positions (method.md §6 step 2)."""
+    """Boundary validation: hidden states score the response positions (docs/method.md §6 step 2)."""
     if hidden_B_R_H.dim() != 3 or hidden_B_R_H.shape[:2] != response_ids_B_R.shape:
         raise ValueError(
             f"{name} hidden states must be [B, R, H] with [B, R] = {tuple(response_ids_B_R.shape)}, "
@@ -106,7 +106,7 @@ def lean_token_stats(
     response_mask_B_R: Tensor,
     routing: RoutingConfig | None = None,
 ) -> TokenStats:
-    """Pass 1: ``log q_T``, ``log q_S`` at the sampled tokens (method.md §2), chunk by chunk, no grad.
+    """Pass 1: ``log q_T``, ``log q_S`` at the sampled tokens (docs/method.md §2), chunk by chunk, no grad.
 
     ``hidden`` / ``lm_heads`` hold ``teacher_priv`` and ``student_priv`` (``[B, R, H]`` / ``[V, H]``).
     """
@@ -159,11 +159,11 @@ class _Plan:
 
     @torch.no_grad()
     def target_logits(self, regime: Regime, rows_n: Tensor) -> Tensor:
-        """The regime's stop-grad target logits on these rows (method.md §1: targets carry no grad)."""
+        """The regime's stop-grad target logits on these rows (docs/method.md §1: targets carry no grad)."""
         return self.target_hidden[regime.target].index_select(0, rows_n) @ self.target_heads[regime.target].T
 
     def terms(self, regime: Regime, student_logits_n_V: Tensor, target_logits_n_V: Tensor, rows_n: Tensor):
-        """The regime's ``D(student_plain ‖ target)`` on these rows (Eq. 10 term, method.md §4)."""
+        """The regime's ``D(student_plain ‖ target)`` on these rows (Eq. 10 term, docs/method.md §4)."""
         return regime_terms(student_logits_n_V, target_logits_n_V, self.ids_BR[rows_n], regime, self.routing)
 
 
@@ -262,7 +262,7 @@ def lean_routed_loss(
     thresholds: Thresholds | None = None,
     step_num_sequences: int | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """``routed_loss`` (Eq. 10 / Eq. 11, method.md §5) from hidden states, never holding ``[B, R, V]``.
+    """``routed_loss`` (Eq. 10 / Eq. 11, docs/method.md §5) from hidden states, never holding ``[B, R, V]``.
 
     Args:
         student_hidden_B_R_H: ``student_plain`` final hidden states at the response positions; receives

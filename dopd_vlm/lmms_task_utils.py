@@ -3,7 +3,7 @@
 ``dopd-vlm eval make-task`` copies this file verbatim next to the task YAML, so a task folder runs
 under plain lmms-eval with no dopd-vlm installed. It depends on the Python standard library only.
 
-Each row of the task data is the **student view** of a record (``shared/docs/data.md``): ``images``,
+Each row of the task data is the **student view** of a record (``docs/data.md``): ``images``,
 ``prompt`` (the user turn with ``{"type": "image"}`` placeholders), ``question``, ``choices``,
 plus the scoring columns make-task adds: ``target`` (canonical answer: a letter for multiple
 choice), ``metric`` (``choice`` | ``numeric`` | ``exact``), ``rel_tol`` and ``family`` (question

@@ -1,4 +1,4 @@
-"""The routed distillation loss, Eq. 10 and Eq. 11 of DOPD (method.md §5), from dense logits.
+"""The routed distillation loss, Eq. 10 and Eq. 11 of DOPD (docs/method.md §5), from dense logits.
 
 Public API (stable; outside code calls this):
 
@@ -13,7 +13,7 @@ Eq. 11: per sequence, the mean of ``L_n`` over its valid response tokens; then t
 sequences. With gradient accumulation each micro-batch passes ``step_num_sequences`` (the number of
 sequences in the whole optimiser step) and its loss is ``Σ_b L_b / step_num_sequences``, so the
 summed micro-batch gradients equal the whole-batch gradient; pass the step's ``thresholds`` too
-(method.md §3 "Gradient accumulation must not change the routing").
+(docs/method.md §3 "Gradient accumulation must not change the routing").
 
 Shape legend: B sequences, R response tokens, V vocabulary, N valid response tokens.
 """
@@ -42,7 +42,7 @@ ENTROPY_CHUNK = 256  # rows per chunk of the no-grad entropy metric [D]
 
 
 def check_batch(response_ids_B_R: Tensor, response_mask_B_R: Tensor, step_num_sequences: int | None) -> None:
-    """Boundary validation of the response tensors (design.md house rule 10; Eq. 11 batch sizes)."""
+    """Boundary validation of the response tensors (validated once, here; Eq. 11 batch sizes)."""
     if response_ids_B_R.dim() != 2 or response_ids_B_R.dtype.is_floating_point or response_ids_B_R.dtype == torch.bool:
         raise ValueError(
             f"response_ids must be an integer [B, R] tensor, got {response_ids_B_R.dtype} {tuple(response_ids_B_R.shape)}"
@@ -58,7 +58,7 @@ def check_batch(response_ids_B_R: Tensor, response_mask_B_R: Tensor, step_num_se
 
 
 def check_ids(response_ids_B_R: Tensor, response_mask_B_R: Tensor, vocab: int) -> None:
-    """Every valid response id indexes the (sliced) vocabulary (method.md §2: ``q`` at ``y_n``)."""
+    """Every valid response id indexes the (sliced) vocabulary (docs/method.md §2: ``q`` at ``y_n``)."""
     valid_ids_N = response_ids_B_R[response_mask_B_R]
     if valid_ids_N.numel() and (valid_ids_N.min() < 0 or valid_ids_N.max() >= vocab):
         raise ValueError(
@@ -99,7 +99,7 @@ def regime_terms(
 
 @dataclass
 class MetricSums:
-    """Detached running sums behind the metrics of issue 3 / method.md §3–§5 (dense and lean paths).
+    """Detached running sums behind the metrics of issue 3 / docs/method.md §3–§5 (dense and lean paths).
 
     Metrics are per call: with gradient accumulation ``loss/objective`` sums over micro-batches to
     the step's Eq. 11 value; fractions and means are the micro-batch's own.
@@ -169,7 +169,7 @@ def routed_loss(
     thresholds: Thresholds | None = None,
     step_num_sequences: int | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """The routed loss of Eq. 10 / Eq. 11 (method.md §5) and its metrics, from dense logits.
+    """The routed loss of Eq. 10 / Eq. 11 (docs/method.md §5) and its metrics, from dense logits.
 
     Args:
         student_logits_B_R_V: ``student_plain`` logits at the response positions (position n
@@ -179,10 +179,10 @@ def routed_loss(
         response_ids_B_R: the sampled response token ids (int).
         response_mask_B_R: True at valid (non-pad) response tokens.
         table: a ``RoutingTable`` or a registered name (``dopd_vlm.tables.TABLES``).
-        routing: ``RoutingConfig``; default = method.md defaults.
+        routing: ``RoutingConfig``; default = docs/method.md defaults.
         thresholds: the step's thresholds from ``dopd_vlm.routing.thresholds_for_scope`` (statistics
             of every micro-batch of the step); default = computed from this call's tokens
-            (method.md §3).
+            (docs/method.md §3).
         step_num_sequences: sequences in the whole optimiser step (gradient accumulation); this
             call's loss is ``Σ_b L_b / step_num_sequences``. Default = B (plain Eq. 11).
 
@@ -213,7 +213,7 @@ def routed_loss(
                 "(after routing.vocab_size slicing); set routing.vocab_size when lm_head widths differ"
             )
         if logits.requires_grad:
-            raise ValueError(f"targets[{policy!r}] requires grad; targets are stop-grad (method.md §1): detach them")
+            raise ValueError(f"targets[{policy!r}] requires grad; targets are stop-grad (docs/method.md §1): detach them")
         target_B_R_V[policy] = logits
     vocab = student_B_R_V.shape[-1]
     check_ids(response_ids_B_R, response_mask_B_R, vocab)

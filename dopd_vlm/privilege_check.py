@@ -1,6 +1,6 @@
 """Never train on empty privilege: count rows whose privileged context is empty, refuse or warn.
 
-DOPD routes tokens to regimes by comparing the privileged and the plain view (method.md §2-§4).
+DOPD routes tokens to regimes by comparing the privileged and the plain view (docs/method.md §2-§4).
 When the privileged context ``p`` renders to nothing, the two views are identical, the privilege
 gap is exactly 0, and DOPD silently becomes a different method (the LL / HS losses are 0 while
 half the tokens are routed there). This module makes that visible:

@@ -11,7 +11,7 @@ import html
 import json
 from pathlib import Path
 
-# One colour per regime name (method.md §4 regimes first; anything else cycles the tail).
+# One colour per regime name (docs/method.md §4 regimes first; anything else cycles the tail).
 REGIME_COLOURS = {
     "LH": "#9ecae1", "LL": "#fdd0a2", "HT": "#fc9272", "HS": "#a1d99b", "all": "#dadaeb",
 }
@@ -108,7 +108,7 @@ def write_token_html(samples_path: str | Path, out_path: str | Path, title: str 
 .m{{color:#666;font-size:.85em}} .p{{color:#444;white-space:pre-wrap;font-size:.85em;margin:.3em 0}}
 .r{{font-family:monospace;white-space:pre-wrap}} .t{{border-radius:2px;padding:0 1px}}</style></head>
 <body><h1>{html.escape(title)}</h1><p>Each response token is coloured by the regime that routed it
-(DOPD method.md §4: LH light teacher, LL weak self, HT deep teacher, HS light self). Legend: {legend}</p>
+(DOPD docs/method.md §4: LH light teacher, LL weak self, HT deep teacher, HS light self). Legend: {legend}</p>
 {"".join(blocks) or "<p>no samples were written</p>"}</body></html>"""
     out_path = Path(out_path)
     out_path.write_text(page, encoding="utf-8")

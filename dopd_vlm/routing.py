@@ -1,6 +1,6 @@
-"""DOPD token routing: per-token statistics, thresholds and regime masks (method.md §2–§4).
+"""DOPD token routing: per-token statistics, thresholds and regime masks (docs/method.md §2–§4).
 
-Pure torch. The flow for one optimiser step (method.md §6 step 3):
+Pure torch. The flow for one optimiser step (docs/method.md §6 step 3):
 
     stats  = token_stats(teacher_priv_logits_B_R_V, student_priv_logits_B_R_V, response_ids_B_R, response_mask_B_R)
     thr    = thresholds_for_scope([stats of every micro-batch of the step], routing)   # step | micro_batch | global
@@ -29,10 +29,10 @@ LEAN_BACKWARDS = ("fused", "checkpoint")
 
 @dataclass
 class RoutingConfig:
-    """Routing and loss options (method.md §3–§5, §8); the training config's ``routing`` section.
+    """Routing and loss options (docs/method.md §3–§5, §8); the training config's ``routing`` section.
 
     Every field is a plain str/int/float so ``routing.key=value`` overrides work. [P] = stated in
-    the DOPD paper, [D] = project decision (method.md marks these; the paper is silent).
+    the DOPD paper, [D] = project decision (docs/method.md marks these; the paper is silent).
     """
 
     outlier_quantile: float = opt(0.95, "each statistic's mean drops values above this quantile (\"discard the top 5% of outliers\"); 1.0 keeps all [D docs/method.md §3]")
@@ -77,7 +77,7 @@ class RoutingConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 fail(name, "must lie in [0, 1]")
         if not self.beta_w < self.beta_l:
-            fail("beta_w", f"the paper requires beta_w < beta_l (beta_l={self.beta_l}), method.md §4")
+            fail("beta_w", f"the paper requires beta_w < beta_l (beta_l={self.beta_l}), docs/method.md §4")
         if not 0.0 <= self.jsd_beta <= 1.0:
             fail("jsd_beta", "must lie in [0, 1]")
         if self.vocab_size < 0:
@@ -91,7 +91,7 @@ class RoutingConfig:
 
 
 def slice_vocab(logits_B_R_Vpad: Tensor, vocab_size: int) -> Tensor:
-    """Drop embedding-padding columns: ``[..., :vocab_size]`` (0 = keep all) (design.md "Known traps")."""
+    """Drop embedding-padding columns: ``[..., :vocab_size]`` (0 = keep all) (docs/method.md §11 "Known traps")."""
     if vocab_size == 0:
         return logits_B_R_Vpad
     if logits_B_R_Vpad.shape[-1] < vocab_size:
@@ -103,7 +103,7 @@ def slice_vocab(logits_B_R_Vpad: Tensor, vocab_size: int) -> Tensor:
 
 @dataclass(frozen=True)
 class TokenStats:
-    """Per-token statistics at the sampled token (method.md §2), float32, ``[B, R]``.
+    """Per-token statistics at the sampled token (docs/method.md §2), float32, ``[B, R]``.
 
     ``logq_T_B_R = log π_T(y_n | x, p, y_<n)`` (teacher_priv), ``logq_S_B_R = log π_S(y_n | x, p,
     y_<n)`` (student_priv); ``mask_B_R`` the valid response tokens. Values at padding are ignored.
@@ -124,7 +124,7 @@ class TokenStats:
 
     @property
     def gap_B_R(self) -> Tensor:
-        """Privilege advantage gap ``A_n = |log q_T − log q_S|`` (method.md §2)."""
+        """Privilege advantage gap ``A_n = |log q_T − log q_S|`` (docs/method.md §2)."""
         return (self.logq_T_B_R - self.logq_S_B_R).abs()
 
     def valid_values(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -144,7 +144,7 @@ def token_stats(
     response_mask_B_R: Tensor,
     vocab_size: int = 0,
 ) -> TokenStats:
-    """``log q_T`` and ``log q_S`` at the sampled tokens from dense logits (method.md §2), no grad.
+    """``log q_T`` and ``log q_S`` at the sampled tokens from dense logits (docs/method.md §2), no grad.
 
     Statistics use the policies themselves (temperature 1), not the loss temperature [D].
     """
@@ -159,7 +159,7 @@ def token_stats(
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Batch thresholds of method.md §3, as Python floats (one host sync per optimiser step).
+    """Batch thresholds of docs/method.md §3, as Python floats (one host sync per optimiser step).
 
     ``gap``, ``q_S``, ``q_T``: outlier-trimmed means of ``A``, ``q_S``, ``q_T`` (raw scale).
     Normalisation maps ``x ↦ (x − shift) / scale`` per statistic (identity for ``none``);
@@ -182,7 +182,7 @@ class Thresholds:
 
 
 def _trim(values_N: Tensor, quantile: float) -> Tensor:
-    """Values at or below their ``quantile`` (method.md §3 [D]: "discard the top 5% of outliers")."""
+    """Values at or below their ``quantile`` (docs/method.md §3 [D]: "discard the top 5% of outliers")."""
     if quantile >= 1.0:
         return values_N
     cutoff = torch.quantile(values_N, quantile)
@@ -207,7 +207,7 @@ def _affine(kept_N: Tensor, normalization: str) -> tuple[float, float]:
 
 @torch.no_grad()
 def compute_thresholds(stats: TokenStats | Sequence[TokenStats], routing: RoutingConfig | None = None) -> Thresholds:
-    """Thresholds ``Ā, q̄_S, q̄_T`` over the valid tokens of ``stats`` (method.md §3).
+    """Thresholds ``Ā, q̄_S, q̄_T`` over the valid tokens of ``stats`` (docs/method.md §3).
 
     Pass the stats of every micro-batch of the optimiser step (``threshold_scope: step``), or of one
     micro-batch (``micro_batch``), or the all-gathered values of every rank (``global``: build one
@@ -244,7 +244,7 @@ def thresholds_for_scope(
     routing: RoutingConfig,
     gather: Callable[[Tensor], Tensor] | None = None,
 ) -> Thresholds | None:
-    """Thresholds for ``routing.threshold_scope`` (method.md §3 [D]), called once per optimiser step.
+    """Thresholds for ``routing.threshold_scope`` (docs/method.md §3 [D]), called once per optimiser step.
 
     ``step_stats``: the pass-1 statistics of every micro-batch of the step on this rank.
       * ``step`` (default): thresholds over all of them; pass the result to every micro-batch.
@@ -275,7 +275,7 @@ def route(
     stats: TokenStats | None = None,
     thresholds: Thresholds | None = None,
 ) -> dict[str, Tensor]:
-    """Boolean masks ``[B, R]`` by regime name; they partition the valid tokens (method.md §4).
+    """Boolean masks ``[B, R]`` by regime name; they partition the valid tokens (docs/method.md §4).
 
     ``all``: ``{"ALL": response_mask}``. ``dopd4`` (needs ``stats``; ``thresholds`` default to the
     thresholds of ``stats`` alone):

@@ -1,6 +1,6 @@
 """Scoring: one response, many contexts.
 
-The same sampled response ids ``y`` are scored under each view (method.md Sec. 6 step 2): the
+The same sampled response ids ``y`` are scored under each view (docs/method.md Sec. 6 step 2): the
 view's own prompt tokens and images (its own processor, image resolution and chat template) are
 followed by the identical response ids, never by re-tokenised text. Prompts are left padded, so
 each view's response starts at its own column ``T`` and the logits that predict response token
@@ -154,7 +154,7 @@ def check_tokenizer_compat(student_processor, student_adapter, teacher_processor
     """Raise ``TokenizerMismatchError`` unless the teacher can score the student's token ids:
     identical vocabularies (token <-> id), the same EOS and pad tokens, the same assistant header
     after the question, and the same token ids for a response rendered by both chat templates
-    (method.md Sec. 1: a teacher "of the same tokenizer family"; design.md known traps)."""
+    (docs/method.md Sec. 1: a teacher "of the same tokenizer family"; docs/method.md §11 known traps)."""
     s_tok, t_tok = student_adapter.tokenizer(student_processor), teacher_adapter.tokenizer(teacher_processor)
     s_vocab, t_vocab = s_tok.get_vocab(), t_tok.get_vocab()
     if s_vocab != t_vocab:

@@ -1,4 +1,4 @@
-"""Methods as data: routing tables (method.md §4, §8; design.md "The routing table decides the work").
+"""Methods as data: routing tables (docs/method.md §4, §8; docs/method.md §8 "each is a routing table").
 
 A table is a router name plus regimes ``(name, target, divergence, support, weight, source)``. The
 trainer asks ``table.policies()`` which policies to score and hands the logits to
@@ -16,20 +16,20 @@ from dataclasses import dataclass
 from dopd_vlm.divergences import DIVERGENCES, SUPPORTS
 from dopd_vlm.routing import ROUTER_REGIMES, ROUTERS, RoutingConfig
 
-STUDENT = "student_plain"  # the only trained policy (method.md §1)
+STUDENT = "student_plain"  # the only trained policy (docs/method.md §1)
 TARGET_POLICIES = ("teacher_priv", "student_priv", "teacher_plain")
 WEIGHT_FIELDS = ("beta_w", "beta_l")
-# Routing statistics q_T, q_S are scored under the privileged context (method.md §2).
+# Routing statistics q_T, q_S are scored under the privileged context (docs/method.md §2).
 ROUTER_POLICIES = {"all": frozenset(), "dopd4": frozenset({"teacher_priv", "student_priv"})}
 
 
 @dataclass(frozen=True)
 class Regime:
-    """One row of a routing table (method.md §4 table): tokens routed here get
+    """One row of a routing table (docs/method.md §4 table): tokens routed here get
     ``weight · D(student_plain ‖ target)`` with divergence ``D`` on ``support``."""
 
     name: str
-    target: str  # teacher_priv | student_priv | teacher_plain (method.md §1)
+    target: str  # teacher_priv | student_priv | teacher_plain (docs/method.md §1)
     divergence: str  # reverse_kl | forward_kl | js | jsd (dopd_vlm.divergences)
     support: str  # full | topk | sampled
     weight: float | str  # number, or a RoutingConfig field name (beta_w / beta_l)
@@ -44,7 +44,7 @@ class Regime:
         if self.support not in SUPPORTS:
             raise ValueError(f"{where}: support {self.support!r} is not one of {SUPPORTS}")
         if self.support == "sampled" and self.divergence != "reverse_kl":
-            raise ValueError(f"{where}: support 'sampled' exists only for reverse_kl (method.md §8)")
+            raise ValueError(f"{where}: support 'sampled' exists only for reverse_kl (docs/method.md §8)")
         if isinstance(self.weight, str):
             if self.weight not in WEIGHT_FIELDS:
                 raise ValueError(f"{where}: weight {self.weight!r} names no routing field {WEIGHT_FIELDS}")
@@ -54,7 +54,7 @@ class Regime:
             raise ValueError(f"{where}: source must start with [P] or [D], got {self.source!r}")
 
     def resolve_weight(self, routing: RoutingConfig) -> float:
-        """The numeric weight, reading ``beta_w`` / ``beta_l`` from the routing config (method.md §4)."""
+        """The numeric weight, reading ``beta_w`` / ``beta_l`` from the routing config (docs/method.md §4)."""
         if isinstance(self.weight, str):
             return float(getattr(routing, self.weight))
         return float(self.weight)
@@ -62,7 +62,7 @@ class Regime:
 
 @dataclass(frozen=True)
 class RoutingTable:
-    """A method: router + regimes whose names are exactly the router's regime names (method.md §8)."""
+    """A method: router + regimes whose names are exactly the router's regime names (docs/method.md §8)."""
 
     name: str
     router: str  # all | dopd4 (dopd_vlm.routing.route)
@@ -81,7 +81,7 @@ class RoutingTable:
 
     def policies(self) -> frozenset[str]:
         """Every policy that must be scored for this table: student_plain, the regime targets and
-        the router's statistics policies (dopd4 needs teacher_priv and student_priv, method.md §2)."""
+        the router's statistics policies (dopd4 needs teacher_priv and student_priv, docs/method.md §2)."""
         return frozenset({STUDENT, *(r.target for r in self.regimes), *ROUTER_POLICIES[self.router]})
 
     def regime(self, name: str) -> Regime:
@@ -97,9 +97,9 @@ def _dopd_regimes(
     ll: tuple[str, str, float | str] = ("reverse_kl", "topk", "beta_w"),
     ht: tuple[str, str, float | str] = ("js", "full", 1.0),
     hs: tuple[str, str, float | str] = ("reverse_kl", "topk", "beta_l"),
-    source: str = "[P] DOPD method.md §4 table",
+    source: str = "[P] DOPD docs/method.md §4 table",
 ) -> tuple[Regime, ...]:
-    """The four DOPD regimes of method.md §4; ablations override one row's (divergence, support, weight)."""
+    """The four DOPD regimes of docs/method.md §4; ablations override one row's (divergence, support, weight)."""
     return (
         Regime("LH", "teacher_priv", *lh, source=source),
         Regime("LL", "student_priv", *ll, source=source),
@@ -109,41 +109,41 @@ def _dopd_regimes(
 
 
 def _all(name: str, target: str, divergence: str, support: str, source: str, description: str) -> RoutingTable:
-    """A one-regime table over every valid token (the method.md §8 baselines, router ``all``)."""
+    """A one-regime table over every valid token (the docs/method.md §8 baselines, router ``all``)."""
     return RoutingTable(name, "all", (Regime("ALL", target, divergence, support, 1.0, source),), description)
 
 
 _TABLE_LIST = (
-    RoutingTable("dopd", "dopd4", _dopd_regimes(), "DOPD: four regimes LH / LL / HT / HS (method.md §4)"),
+    RoutingTable("dopd", "dopd4", _dopd_regimes(), "DOPD: four regimes LH / LL / HT / HS (docs/method.md §4)"),
     _all(
         "vanilla_opd", "teacher_plain", "reverse_kl", "sampled",
-        "[P] method.md §8: sampled-token reverse KL, score-function gradient (Thinking Machines OPD)",
+        "[P] docs/method.md §8: sampled-token reverse KL, score-function gradient (Thinking Machines OPD)",
         "vanilla on-policy distillation from the plain teacher",
     ),
     _all(
         "vanilla_opd_full", "teacher_plain", "reverse_kl", "full",
-        "[P] method.md §8: vanilla OPD with the full-vocabulary reverse KL option",
+        "[P] docs/method.md §8: vanilla OPD with the full-vocabulary reverse KL option",
         "vanilla OPD, exact full-vocabulary reverse KL",
     ),
     _all(
         "opd_priv_teacher", "teacher_priv", "reverse_kl", "sampled",
-        "[P] method.md §8 'privilege illusion' setting; [D] support as vanilla_opd (sampled)",
+        "[P] docs/method.md §8 'privilege illusion' setting; [D] support as vanilla_opd (sampled)",
         "vanilla OPD from the privileged teacher",
     ),
     _all(
         "opsd", "student_priv", "jsd", "full",
-        "[P] method.md §8: on-policy self-distillation, JSD(β = 0.5), full vocabulary",
+        "[P] docs/method.md §8: on-policy self-distillation, JSD(β = 0.5), full vocabulary",
         "on-policy self-distillation from the privileged student",
     ),
     _all(
         "gkd", "teacher_plain", "jsd", "full",
-        "[P] method.md §8: GKD, generalised JSD(β), full vocabulary; [D] β = routing.jsd_beta",
+        "[P] docs/method.md §8: GKD, generalised JSD(β), full vocabulary; [D] β = routing.jsd_beta",
         "generalised knowledge distillation, on-policy",
     ),
     _all(
         "sdft", "student_priv", "reverse_kl", "full",
         "[D] self-distillation fine-tuning: all tokens, privileged student, full reverse KL "
-        "(method.md names the baseline but not its objective)",
+        "(docs/method.md names the baseline but not its objective)",
         "self-distillation from the privileged student with reverse KL",
     ),
     RoutingTable(

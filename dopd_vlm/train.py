@@ -1,15 +1,15 @@
-"""On-policy distillation with a routing table: DOPD and its baselines (method.md §6).
+"""On-policy distillation with a routing table: DOPD and its baselines (docs/method.md §6).
 
     dopd-vlm train CONFIG.yaml [key=value ...]
     accelerate launch [--config_file scripts/accelerate/zero2.yaml] -m dopd_vlm.train CONFIG.yaml [key=value ...]
 
 One recipe, top to bottom: setup → loop → save. The routing table decides the work: the loop
-asks it which policies to score and has no per-method branch. One optimiser step (method.md §6):
+asks it which policies to score and has no per-method branch. One optimiser step (docs/method.md §6):
 
     records_P ──render_views──▶ plain / privileged messages (+ the same images)
     plain ──sample_rollouts(student)──▶ response_ids_B_R, response_mask_B_R      (B = P·G)
     score(teacher, priv), score(student, priv), score(teacher, plain) [no grad, as the table needs]
-    statistics of the whole step ──▶ thresholds (threshold_scope "step", method.md §3)
+    statistics of the whole step ──▶ thresholds (threshold_scope "step", docs/method.md §3)
     per micro-batch: score(student, plain) [grad] ──routed_loss──▶ backward   (Eq. 10, Eq. 11)
     clip, AdamW step, cosine schedule
 
@@ -83,7 +83,7 @@ def _is_vision_param(name: str) -> bool:
 
 def param_groups(model, lr: float, weight_decay: float, freeze_vision: bool, vision_lr_scale: float) -> list[dict]:
     """AdamW groups: language model at ``lr``; vision tower frozen or at ``lr * vision_lr_scale``
-    (method.md §6 [D]; demo-notes.md: random towers collapse at the LM's rate)."""
+    (docs/method.md §6 [D]: random towers collapse at the LM's rate)."""
     lm, vision = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:

@@ -1,12 +1,12 @@
 """Views of one record: the plain prompt the deployed student sees and the privileged prompt.
 
 DOPD scores one student-sampled response under a plain context ``x`` and a privileged context
-``(x, p)`` (method.md Sec. 1). Both views hold the same images; the privileged text ``p`` is
-appended after the question in the last user turn, as one extra text part (method.md Sec. 7: the
+``(x, p)`` (docs/method.md Sec. 1). Both views hold the same images; the privileged text ``p`` is
+appended after the question in the last user turn, as one extra text part (docs/method.md Sec. 7: the
 place of ``p`` in the prompt is a project decision, [D]). Boxes are rendered in the target model's
 coordinate convention (``adapter.box_format``; for absolute formats the size comes from
 ``adapter.box_target_size(processor, image_size)``) from the canonical absolute-xyxy boxes of the
-record (data.md).
+record (docs/data.md).
 
 Stable API::
 
@@ -37,7 +37,7 @@ PRIVILEGED_SEPARATOR = "\n"
 
 
 class RecordError(ValueError):
-    """A record does not follow data.md; the message names the record id and the field."""
+    """A record does not follow docs/data.md; the message names the record id and the field."""
 
 
 def record_id(record: dict) -> str:

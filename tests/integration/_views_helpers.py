@@ -46,7 +46,7 @@ def image(seed: int, w: int = 84, h: int = 84) -> Image.Image:
 
 def record(i: int, family: str, privileged: dict | None = None, size=(84, 84),
            question: str = "How many red objects are there?") -> dict:
-    """A data.md record: one image + question for VL families, the question alone for text-only."""
+    """A docs/data.md record: one image + question for VL families, the question alone for text-only."""
     if family in VL_FAMILIES:
         content = [{"type": "image"}, {"type": "text", "text": question}]
         images = [image(i, *size)]

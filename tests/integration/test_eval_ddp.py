@@ -1,5 +1,5 @@
 """Data-parallel lmms-eval (opt-in, slow): `accelerate launch --multi_gpu --num_processes 2` runs two
-gloo processes on CPU (shared/docs/stack.md); the documents are sharded across them and the answers
+gloo processes on CPU (docs/gpu.md); the documents are sharded across them and the answers
 equal a single-process run's."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Float64 reference implementations of method.md §2–§5, §8, written independently of dopd_vlm.
+"""Float64 reference implementations of docs/method.md §2–§5, §8, written independently of dopd_vlm.
 
 Deliberately naive: probabilities (not log-probs), Python loops over tokens, numpy quantiles,
 explicit mixtures. Tests compare the production code against these.

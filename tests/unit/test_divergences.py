@@ -1,4 +1,4 @@
-"""Divergences and supports against the float64 reference (method.md §4, §5, §8)."""
+"""Divergences and supports against the float64 reference (docs/method.md §4, §5, §8)."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def test_identical_distributions_give_zero(div, support, tsup, tail):
 @pytest.mark.parametrize("div", ["reverse_kl", "forward_kl", "js", "jsd"])
 @pytest.mark.parametrize("support,tail", [("full", "renorm"), ("topk", "renorm"), ("topk", "bucket")])
 def test_bf16_inputs_never_negative_and_accurate(div, support, tail):
-    """bf16 divergences go negative when computed in bf16 (design.md known trap)."""
+    """bf16 divergences go negative when computed in bf16 (docs/method.md §11 known trap)."""
     routing = RoutingConfig(topk=16, topk_tail=tail)
     base = _logits(64, 9, scale=3.0)
     near = base + 1e-3 * _logits(64, 10)  # nearly identical: the dangerous case

@@ -129,7 +129,7 @@ def test_suites_name_real_tasks(suite):
     tasks, primary, include = E.read_suite(REPO / "eval" / "suites" / suite)
     assert len(tasks) == len(set(tasks))
     if suite.startswith("paper_"):
-        assert len(tasks) == 8  # method.md §9: eight benchmarks per setting
+        assert len(tasks) == 8  # docs/method.md §9: eight benchmarks per setting
         assert set(primary) == set(tasks)
     known = _installed_task_names()
     if include is not None:

@@ -1,4 +1,4 @@
-"""The memory-lean path equals the dense path: loss, gradients, metrics (design.md "Memory at real sizes")."""
+"""The memory-lean path equals the dense path: loss, gradients, metrics (docs/method.md §5.1 "Memory at real sizes")."""
 
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ def test_lean_boundary_errors():
 
 
 def test_student_priv_may_share_the_student_lm_head():
-    """The privileged student uses the current student weights (method.md §1): the trainer passes
+    """The privileged student uses the current student weights (docs/method.md §1): the trainer passes
     the same lm_head Parameter; only the student_plain projection may carry its gradient."""
     routing = RoutingConfig(topk=6, lean_chunk_size=5, lean_subchunk_size=2)
     hidden, heads, ids, mask = _setup(seed=7, hidden_sizes={"student_plain": H, "teacher_priv": H, "student_priv": H})

@@ -1,4 +1,4 @@
-"""routed_loss (Eq. 10 / Eq. 11, method.md §5) against the float64 reference and its invariants."""
+"""routed_loss (Eq. 10 / Eq. 11, docs/method.md §5) against the float64 reference and its invariants."""
 
 from __future__ import annotations
 

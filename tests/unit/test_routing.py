@@ -1,4 +1,4 @@
-"""Statistics, thresholds and the four-regime router against the float64 reference (method.md §2–§4)."""
+"""Statistics, thresholds and the four-regime router against the float64 reference (docs/method.md §2–§4)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _stats(seed: int, B: int = 4, R: int = 9, pad: float = 0.25) -> TokenStats:
 
 
 def _hand_stats() -> tuple[TokenStats, dict[tuple[int, int], str]]:
-    """Four tokens whose regimes follow from the method.md §4 table by hand, plus padding.
+    """Four tokens whose regimes follow from the docs/method.md §4 table by hand, plus padding.
 
     A = |log q_T − log q_S|: (0.118, 0.105, 2.303, 2.996) → Ā = 1.380 (outlier_quantile 1.0)
     q̄_S = 0.335, q̄_T = 0.38 → q̄_S + q̄_T = 0.715

@@ -1,4 +1,4 @@
-"""Routing tables as data (method.md §4 table, §8 baselines, paper Table 8 ablations)."""
+"""Routing tables as data (docs/method.md §4 table, §8 baselines, paper Table 8 ablations)."""
 
 from __future__ import annotations
 
