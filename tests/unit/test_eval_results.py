@@ -126,15 +126,17 @@ def _installed_task_names() -> set[str]:
 
 @pytest.mark.parametrize("suite", ["paper_vlm.yaml", "paper_llm.yaml", "synthetic.yaml"])
 def test_suites_name_real_tasks(suite):
-    tasks, primary, include = E.read_suite(REPO / "eval" / "suites" / suite)
+    s = E.load_suite(REPO / "eval" / "suites" / suite)
+    tasks, primary, include = s.tasks, s.primary, s.include_path
     assert len(tasks) == len(set(tasks))
     if suite.startswith("paper_"):
         assert len(tasks) == 8  # docs/method.md §9: eight benchmarks per setting
         assert set(primary) == set(tasks)
     known = _installed_task_names()
-    if include is not None:
-        known |= {p.stem for p in include.rglob("*.yaml")}
-    missing = [t for t in tasks if t not in known]
+    if include is not None:  # the project's task folders: the task and group names of their YAMLs
+        pattern = re.compile(r"^(?:task|group):\s*([A-Za-z0-9_.+-]+)", re.MULTILINE)
+        known |= {n for p in include.rglob("*.yaml") for n in pattern.findall(p.read_text())}
+    missing = [t for t in s.lmms_tasks if t not in known]  # harness entries: tests/unit/test_eval_benchmarks.py
     assert not missing, f"{suite}: not lmms-eval 0.7.3 task names: {missing}"
 
 

@@ -1,0 +1,322 @@
+"""Benchmarks that need code execution or function-call checking, through maintained harnesses.
+
+BFCLv3 and LiveCodeBench v5 run through **evalscope** (its ``bfcl_v3`` adapter grades with the
+official ``bfcl-eval`` checker; its ``live_code_bench`` adapter executes the generated programs
+against the benchmark's tests, pass@1); LiveBench runs through **LiveBench's own repository**
+(``run_livebench.py``: generation, ground-truth grading, ``show_livebench_result.py``). Both talk
+to the checkpoint through an OpenAI-compatible server that ``dopd-vlm eval`` starts for it
+(``vllm serve``) with the same chat-template options as the lmms-eval runs
+(``--default-chat-template-kwargs``), so non-thinking Qwen3 is non-thinking here too.
+
+Versions (the code this adapter was written against; install them on the evaluation machine):
+
+- evalscope ``EVALSCOPE_VERSION`` (``pip install 'evalscope==1.14.1'``), with ``bfcl-eval``
+  ``BFCL_EVAL_VERSION`` for BFCL-v3 (the version evalscope 1.14.1's adapter names);
+- LiveBench at commit ``LIVEBENCH_COMMIT`` of its repository (``pip install -e .`` in a clone;
+  give the clone with ``--livebench-dir`` or ``LIVEBENCH_DIR``), release ``LIVEBENCH_RELEASE``
+  (the newest release whose questions are all public);
+- vLLM for serving (any version with ``--default-chat-template-kwargs``).
+
+Results: evalscope writes ``WORK_DIR/reports/MODEL/DATASET.json`` (report schema 2: metrics with
+an ``identity``, categories, subsets; BFCL-v3 adds its official ``OVERALL`` aggregate as a subset of
+category ``-``); LiveBench writes ``all_groups.csv`` (model rows, ``average`` and one column per
+category, scores 0-100) and ``df_raw.csv`` (one judged question per row) in its ``livebench/``
+folder. Scores enter the comparison table on a 0-1 scale.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shlex
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EVALSCOPE_VERSION = "1.14.1"
+BFCL_EVAL_VERSION = "2025.10.27.1"
+LIVEBENCH_COMMIT = "b0fb577"
+LIVEBENCH_RELEASE = "2024-11-25"
+HARNESSES = ("evalscope", "livebench")
+DEFAULT_PORT = 8011  # project decision: an unprivileged port unlikely to be taken
+SERVER_START_TIMEOUT_S = 900  # project decision: an 8B checkpoint loads and compiles in a few minutes
+SERVED_NAME = "dopd-eval"  # the model name the harnesses ask the local server for
+
+
+class HarnessError(RuntimeError):
+    """A harness run that could not produce a score; the message names the benchmark."""
+
+
+@dataclass
+class HarnessTask:
+    """One suite entry run by a harness: ``task`` is its column name in the comparison table."""
+
+    task: str
+    harness: str
+    dataset: str
+    metric: str
+    dataset_args: dict = field(default_factory=dict)
+    tool_calling: bool = False  # the server must parse tool calls (BFCL with native function calling)
+
+    def __post_init__(self):
+        if self.harness not in HARNESSES:
+            raise ValueError(f"task {self.task!r}: harness {self.harness!r}; known: {HARNESSES}")
+
+
+# ----------------------------------------------------------------------------- the local server
+def serve_command(checkpoint: str, port: int, chat_template_kwargs: dict | None = None, dtype: str | None = None,
+                  tool_calling: bool = False, max_model_len: int | None = None) -> list[str]:
+    """``vllm serve`` for one checkpoint: greedy defaults come from the request, not the checkpoint's
+    generation config (``--generation-config vllm``), and every chat request renders with
+    ``chat_template_kwargs`` unless it sets its own."""
+    cmd = ["vllm", "serve", str(Path(checkpoint).resolve()), "--port", str(port), "--host", "127.0.0.1",
+           "--served-model-name", SERVED_NAME, "--generation-config", "vllm"]
+    if dtype:
+        cmd += ["--dtype", dtype]
+    if max_model_len:
+        cmd += ["--max-model-len", str(max_model_len)]
+    if chat_template_kwargs:
+        cmd += ["--default-chat-template-kwargs", json.dumps(chat_template_kwargs)]
+    if tool_calling:  # Qwen-family tool calls are Hermes-style <tool_call> blocks
+        cmd += ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    return cmd
+
+
+class LocalServer:
+    """Runs a server command until the OpenAI-compatible ``/v1/models`` answers; stops it on exit."""
+
+    def __init__(self, cmd: list[str], port: int, log: Path, start_timeout_s: float = SERVER_START_TIMEOUT_S):
+        self.cmd, self.port, self.log, self.start_timeout_s = cmd, port, log, start_timeout_s
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> LocalServer:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.log, "w")
+        try:
+            self.proc = subprocess.Popen(self.cmd, stdout=self._fh, stderr=subprocess.STDOUT)
+        except FileNotFoundError as e:
+            self._fh.close()
+            raise HarnessError(f"cannot start the model server: {self.cmd[0]!r} is not installed ({e})") from None
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.__exit__(None, None, None)
+                raise HarnessError(f"the model server exited with status {self.proc.returncode} before it "
+                                   f"answered; see {self.log}")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/models", timeout=5) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(2)
+        self.__exit__(None, None, None)
+        raise HarnessError(f"the model server did not answer within {self.start_timeout_s:.0f} s; see {self.log}")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._fh.close()
+
+
+# ----------------------------------------------------------------------------- evalscope
+def evalscope_command(task: HarnessTask, base_url: str, work_dir: Path, limit: int | None,
+                      max_new_tokens: int | None) -> list[str]:
+    """``evalscope eval`` for one benchmark against the local server (greedy decoding)."""
+    generation = {"temperature": 0.0, "top_p": 1.0}
+    if max_new_tokens:
+        generation["max_tokens"] = int(max_new_tokens)
+    cmd = ["evalscope", "eval", "--model", SERVED_NAME, "--api-url", base_url, "--api-key", "EMPTY",
+           "--eval-type", "openai_api", "--datasets", task.dataset,
+           "--dataset-args", json.dumps({task.dataset: task.dataset_args}),
+           "--generation-config", json.dumps(generation), "--work-dir", str(work_dir), "--no-timestamp"]
+    if limit is not None:
+        cmd += ["--limit", str(int(limit))]
+    return cmd
+
+
+def _metric_name(metric: dict) -> str:
+    if metric.get("legacy_name"):
+        return metric["legacy_name"]
+    ident = metric.get("identity")
+    if isinstance(ident, dict):
+        dims = "".join(f",{k}={v}" for k, v in sorted((ident.get("dimensions") or {}).items()))
+        return f"{ident['name']}:{ident['aggregation']}{dims}"
+    return str(metric.get("name", "score"))
+
+
+def read_evalscope_report(path: Path) -> tuple[dict[str, float], int]:
+    """(metrics, documents) from one evalscope report JSON.
+
+    ``score``: the report's primary metric, or its ``OVERALL`` aggregate subset where the adapter adds
+    one (BFCL-v3's official overall); every metric by name (``name:aggregation[,dims]``) and, for the
+    primary metric, every category and subset score (``subset/NAME``)."""
+    data = json.loads(Path(path).read_text())
+    metrics = data.get("metrics") or []
+    if not metrics:
+        raise HarnessError(f"{path}: the report has no metrics")
+    primary = data.get("primary_metric_identity")
+    chosen = next((m for m in metrics if primary and m.get("identity") == primary), metrics[0])
+    out: dict[str, float] = {}
+    for m in metrics:
+        out[_metric_name(m)] = float(m["score"])
+    overall = None
+    for cat in chosen.get("categories") or []:
+        for sub in cat.get("subsets") or []:
+            out[f"subset/{sub['name']}"] = float(sub["score"])
+            if str(sub["name"]).upper() == "OVERALL":
+                overall = float(sub["score"])
+    out["score"] = overall if overall is not None else float(chosen["score"])
+    n = int(chosen.get("num") or data.get("num") or 0)
+    return out, n
+
+
+def find_evalscope_report(work_dir: Path, dataset: str) -> Path | None:
+    found = sorted(Path(work_dir).rglob(f"reports/*/{dataset}.json"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+# ----------------------------------------------------------------------------- LiveBench
+def livebench_dir(path: str | None = None) -> Path:
+    """The ``livebench/`` folder of a LiveBench clone (``--livebench-dir`` or ``LIVEBENCH_DIR``)."""
+    root = path or os.environ.get("LIVEBENCH_DIR")
+    if not root:
+        raise HarnessError("LiveBench needs a clone of its repository (commit "
+                           f"{LIVEBENCH_COMMIT}, installed with pip install -e .): pass --livebench-dir or set "
+                           "LIVEBENCH_DIR")
+    root = Path(root)
+    inner = root / "livebench" if (root / "livebench" / "run_livebench.py").is_file() else root
+    if not (inner / "run_livebench.py").is_file():
+        raise HarnessError(f"{root}: no run_livebench.py (expected a LiveBench clone or its livebench/ folder)")
+    return inner
+
+
+def livebench_commands(task: HarnessTask, base_url: str, limit: int | None,
+                       max_new_tokens: int | None) -> list[list[str]]:
+    """[generation + grading, result table] for LiveBench against the local server, greedy."""
+    bench = task.dataset
+    release = str(task.dataset_args.get("release", LIVEBENCH_RELEASE))
+    run = ["python", "run_livebench.py", "--model", SERVED_NAME, "--api-base", base_url, "--api-key", "EMPTY",
+           "--bench-name", bench, "--livebench-release-option", release, "--force-temperature", "0",
+           "--model-display-name", SERVED_NAME]
+    if max_new_tokens:
+        run += ["--max-tokens", str(int(max_new_tokens))]
+    if limit is not None:  # the first N questions of each task file
+        run += ["--question-begin", "0", "--question-end", str(int(limit))]
+    show = ["python", "show_livebench_result.py", "--bench-name", bench, "--model-list", SERVED_NAME,
+            "--livebench-release-option", release]
+    if limit is not None:
+        show += ["--ignore-missing-judgments"]
+    return [run, show]
+
+
+def read_livebench_results(folder: Path, model: str = SERVED_NAME) -> tuple[dict[str, float], int]:
+    """(metrics on a 0-1 scale, judged questions) from ``all_groups.csv`` and ``df_raw.csv``."""
+    groups, raw = Path(folder) / "all_groups.csv", Path(folder) / "df_raw.csv"
+    if not groups.is_file():
+        raise HarnessError(f"{groups}: missing (show_livebench_result.py wrote no table)")
+    with open(groups, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if (r.get("model") or "").lower() == model.lower()]
+    if not rows:
+        raise HarnessError(f"{groups}: no row for model {model!r}")
+    row = rows[0]
+    out = {k: float(v) / 100.0 for k, v in row.items() if k != "model" and v not in ("", None)}
+    if "average" not in out:  # a single category: LiveBench prints no average column
+        cats = [v for v in out.values()]
+        out["average"] = sum(cats) / len(cats)
+    out["score"] = out["average"]
+    n = 0
+    if raw.is_file():
+        with open(raw, newline="") as fh:
+            n = sum(1 for r in csv.DictReader(fh) if (r.get("model") or "").lower() == model.lower())
+    return out, n
+
+
+# ----------------------------------------------------------------------------- one checkpoint
+@dataclass
+class HarnessResult:
+    metrics: dict[str, dict[str, float]]  # task -> metric -> value
+    counts: dict[str, int]  # task -> documents scored
+    errors: dict[str, str]  # task -> one-line error
+
+
+def _run_logged(cmd: list[str], log: Path, cwd: Path | None = None) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as fh:
+        fh.write(f"$ {shlex.join(cmd)}\n")
+        fh.flush()
+        try:
+            return subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd).returncode
+        except FileNotFoundError as e:
+            raise HarnessError(f"{cmd[0]!r} is not installed ({e})") from None
+
+
+def run_task(task: HarnessTask, base_url: str, run_dir: Path, limit: int | None, max_new_tokens: int | None,
+             livebench: str | None = None) -> tuple[dict[str, float], int]:
+    """Run one harness benchmark against a served checkpoint; (metrics, documents) or HarnessError."""
+    work = run_dir / "harness" / task.task
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "harness.log"
+    if task.harness == "evalscope":
+        cmd = evalscope_command(task, base_url, work, limit, max_new_tokens)
+        (work / "command.sh").write_text(shlex.join(cmd) + "\n")
+        rc = _run_logged(cmd, log)
+        report = find_evalscope_report(work, task.dataset)
+        if report is None:
+            raise HarnessError(f"{task.task} (evalscope {task.dataset}): no report under {work} (exit status {rc}); "
+                               f"see {log}")
+        return read_evalscope_report(report)
+    folder = livebench_dir(livebench)
+    cmds = livebench_commands(task, base_url, limit, max_new_tokens)
+    (work / "command.sh").write_text("".join(f"(cd {shlex.quote(str(folder))} && {shlex.join(c)})\n" for c in cmds))
+    for stale in ("all_groups.csv", "df_raw.csv"):
+        (folder / stale).unlink(missing_ok=True)
+    for cmd in cmds:
+        rc = _run_logged(cmd, log, cwd=folder)
+        if rc != 0:
+            raise HarnessError(f"{task.task} (LiveBench {task.dataset}): {cmd[1]} exited {rc}; see {log}")
+    for name in ("all_groups.csv", "df_raw.csv"):
+        if (folder / name).is_file():
+            (work / name).write_bytes((folder / name).read_bytes())
+    return read_livebench_results(work)
+
+
+def run_checkpoint(checkpoint: str, tasks: list[HarnessTask], run_dir: Path, limit: int | None = None,
+                   max_new_tokens: int | None = None, chat_template_kwargs: dict | None = None,
+                   dtype: str | None = None, port: int = DEFAULT_PORT, livebench: str | None = None,
+                   server_cmd: list[str] | None = None) -> HarnessResult:
+    """Serve ``checkpoint`` once and run every harness task against it; a failing task is recorded
+    and the others still run. ``server_cmd`` replaces the ``vllm serve`` command (tests, other servers)."""
+    result = HarnessResult({}, {}, {})
+    if not tasks:
+        return result
+    cmd = server_cmd or serve_command(checkpoint, port, chat_template_kwargs, dtype=dtype,
+                                      tool_calling=any(t.tool_calling for t in tasks))
+    (run_dir / "harness").mkdir(parents=True, exist_ok=True)
+    (run_dir / "harness" / "serve.sh").write_text(shlex.join(cmd) + "\n")
+    try:
+        with LocalServer(cmd, port, run_dir / "harness" / "server.log") as server:
+            for task in tasks:
+                try:
+                    metrics, n = run_task(task, server.base_url, run_dir, limit, max_new_tokens, livebench)
+                except HarnessError as e:
+                    result.errors[task.task] = str(e)
+                    continue
+                result.metrics[task.task] = metrics
+                result.counts[task.task] = n
+    except HarnessError as e:  # no server: every harness task of this checkpoint fails with the reason
+        for task in tasks:
+            result.errors.setdefault(task.task, f"{task.task}: {e}")
+    return result
