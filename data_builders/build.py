@@ -208,6 +208,7 @@ def convert_dataset(ds, convert, ctx: BuildContext, kinds: list[str], templates:
         raise ValueError(f"on_error must be 'skip' or 'stop', got {on_error!r}")
 
     def fn(row, idx):
+        rec = None
         try:
             rec = convert(row, ctx, idx)
             rec, leak = finalize_record(rec, kinds, templates, image_limits)
@@ -226,7 +227,10 @@ def convert_dataset(ds, convert, ctx: BuildContext, kinds: list[str], templates:
                 category, e = "unreadable file", SkipRow(f"unreadable file: {type(e).__name__}: {e}")
             else:
                 category, e = "malformed row", SkipRow(f"malformed row: {type(e).__name__}: {e}")
-            rid = e.record_id if isinstance(e, RecordError) and e.record_id else ctx.record_id(f"row{idx}")
+            rid = e.record_id if isinstance(e, RecordError) and e.record_id else None
+            if rid is None and isinstance(rec, dict) and isinstance(rec.get("id"), str):
+                rid = rec["id"]  # a record that was built, then refused (e.g. its image by the processor limits)
+            rid = rid or ctx.record_id(f"row{idx}")
             return {**_empty_row(rid), "_skip": str(e) or type(e).__name__, "_cat": category, "_index": idx,
                     "_leak": False}
 
@@ -234,10 +238,15 @@ def convert_dataset(ds, convert, ctx: BuildContext, kinds: list[str], templates:
                       "_index": Value("int64"), "_leak": Value("bool")})
     # A fresh fingerprint: nothing is reused from a cache, and datasets does not hash the converter's
     # closure (which can hold a whole CLEVR scene file).
-    out = ds.map(fn, with_indices=True, remove_columns=ds.column_names, features=feats,
-                 num_proc=num_proc if num_proc and num_proc > 1 else None, desc=desc, load_from_cache_file=False,
-                 new_fingerprint=uuid.uuid4().hex,
-                 cache_file_name=str(Path(work_dir) / "converted.arrow") if work_dir is not None else None)
+    try:
+        out = ds.map(fn, with_indices=True, remove_columns=ds.column_names, features=feats,
+                     num_proc=num_proc if num_proc and num_proc > 1 else None, desc=desc, load_from_cache_file=False,
+                     new_fingerprint=uuid.uuid4().hex,
+                     cache_file_name=str(Path(work_dir) / "converted.arrow") if work_dir is not None else None)
+    except OSError as e:  # the rows' own file errors are skips (above): this is the conversion cache's write
+        if isinstance(e, DatasetWriteError):
+            raise
+        raise _write_error(e, None, Path(work_dir) if work_dir is not None else Path("<datasets cache>")) from e
     skip_col = out["_skip"]
     skipped_idx = [i for i, s in enumerate(skip_col) if s is not None]
     skipped = []
@@ -434,7 +443,7 @@ def make_work_dir(out: str | os.PathLike) -> Path:
     return d
 
 
-def _write_error(e: OSError, out: Path, tmp: Path) -> DatasetWriteError:
+def _write_error(e: OSError, out: Path | None, tmp: Path) -> DatasetWriteError:
     import errno
 
     code = errno.errorcode.get(e.errno, "") if e.errno else ""
@@ -442,6 +451,9 @@ def _write_error(e: OSError, out: Path, tmp: Path) -> DatasetWriteError:
              errno.EFBIG: "file too large for this file system or process limit",
              errno.EROFS: "read-only file system", errno.EACCES: "permission denied"}.get(e.errno, e.strerror or str(e))
     where = e.filename or tmp
+    if out is None:  # the conversion phase (datasets.map's Arrow file in the work folder)
+        return DatasetWriteError(f"cannot write the conversion cache in {tmp}: {cause}{f' ({code})' if code else ''} "
+                                 f"while writing {where}; no dataset was written or changed")
     return DatasetWriteError(f"cannot write dataset {out}: {cause}{f' ({code})' if code else ''} while writing {where}; "
                              f"{'the previous dataset is unchanged' if out.exists() else 'nothing was written'} and "
                              "the temporary folder was removed")

@@ -42,7 +42,7 @@ def _ground(ctx, native_id, image, field, exprs: list[str], bbox_xywh, meta) -> 
     if not exprs:
         raise SkipRow("no referring expression")
     img, size = resolve_image(image, ctx.image_root, rid, field)
-    box = canonical_box(bbox_xywh, "xywh", size, rid, "bbox")
+    box = canonical_box(bbox_xywh, "xywh", size, rid, "bbox", frame=ctx.options.get("box_frame"))
     return make_record(
         id=rid, source=ctx.source(), images=[img], image_size=size, question=GROUND_QUESTION.format(expr=exprs[0]),
         answer=_box_text(box), instruction="",
@@ -75,7 +75,8 @@ def convert_vg(row, ctx, idx):
     regions = []
     for k, r in enumerate((row["regions"] or [])[:VG_MAX_REGIONS]):
         try:
-            box = canonical_box([r["x"], r["y"], r["width"], r["height"]], "xywh", size, rid, f"regions[{k}]")
+            box = canonical_box([r["x"], r["y"], r["width"], r["height"]], "xywh", size, rid, f"regions[{k}]",
+                                frame=ctx.options.get("box_frame"))
         except RecordError:
             continue  # VG has some boxes outside their images; a bad region is dropped, not the image
         regions.append({"bbox": box, "label": (r["phrase"] or "").strip() or None})

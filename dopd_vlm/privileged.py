@@ -222,8 +222,13 @@ def _fold(text: str, words: bool) -> tuple[str, list[int]]:
     return "".join(out), idx
 
 
-def _orig_span(idx: list[int], a: int, b: int) -> tuple[int, int]:
-    return idx[a], idx[b - 1] + 1
+def _orig_span(idx: list[int], a: int, b: int, text: str = "") -> tuple[int, int]:
+    import unicodedata
+
+    end = idx[b - 1] + 1
+    while end < len(text) and unicodedata.combining(text[end]):  # accents dropped by the folding
+        end += 1
+    return idx[a], end
 
 
 def _words_value(phrase: str) -> float | None:
@@ -341,7 +346,7 @@ def _phrase_spans(text: str, phrase: str) -> list[tuple[int, int]]:
     if not target:  # an answer made of punctuation: literal, case-insensitive
         return [m.span() for m in re.finditer(re.escape(phrase.strip()), text, re.IGNORECASE)] if phrase.strip() else []
     folded, idx = _fold(text, words=True)
-    return [_orig_span(idx, *m.span()) for m in re.finditer(rf"(?<!\w){re.escape(target)}(?!\w)", folded)]
+    return [_orig_span(idx, *m.span(), text) for m in re.finditer(rf"(?<!\w){re.escape(target)}(?!\w)", folded)]
 
 
 def _letter_spans(text: str, letter: str) -> list[tuple[int, int]]:
