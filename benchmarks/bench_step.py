@@ -218,7 +218,7 @@ def run_ours(a, paths: dict) -> list[dict]:
         model=ModelConfig(model_name_or_path=paths["student"], teacher_model_name_or_path=paths["teacher"],
                           freeze_vision=True),
         data=DataConfig(dataset_path=paths["data"]),
-        rollout=RolloutConfig(num_generations=a.G, max_new_tokens=a.R),
+        rollout=RolloutConfig(num_generations=a.G, max_new_tokens=a.R, engine=a.engine),
         routing=routing,
         optim=OptimConfig(lr=1e-3, prompts_per_step=a.P, warmup_ratio=0.0),
         run=RunConfig(loss_impl=loss_impl),
@@ -235,11 +235,17 @@ def run_ours(a, paths: dict) -> list[dict]:
     model, optimizer = acc.prepare(model, optimizer)
     student.model = model
     runner = step_mod.StepRunner(cfg, table, student, teacher, acc)
+    if a.engine == "vllm":  # as train.py: a colocated engine, weights pushed in optimizer.step (optimizer phase)
+        from dopd_vlm.vllm_rollout import attach
+
+        attach(runner, optimizer, cfg, student, paths["student"], a.cache)
 
     # Phases by the module globals step.py calls; loss_backward is the rest of runner.step (the
     # student forward with grad, the routed loss dense or lean, backward): robust to how step.py
     # spells that part.
     ph = Phases()
+    if runner.engine is not None:
+        runner.engine.sample = ph.wrap("generation", runner.engine.sample)
     for name, phase in (("collate", "prep"), ("sample_rollouts", "generation"), ("score", "scoring"),
                         *((n, "routing") for n in ROUTING_FUNCTIONS if n in vars(step_mod))):
         setattr(step_mod, name, ph.wrap(phase, getattr(step_mod, name)))
@@ -376,7 +382,7 @@ def child(a) -> None:
 def run_child(config: str, a, paths: dict, extra_env: dict | None = None) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", config, "--paths", json.dumps(paths),
            "--P", str(a.P), "--G", str(a.G), "--R", str(a.R), "--steps", str(a.steps), "--warmup", str(a.warmup),
-           "--threads", str(a.threads)]
+           "--threads", str(a.threads), "--engine", a.engine, "--cache", a.cache]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": "", "PYTHONWARNINGS": "ignore",
            **(extra_env or {})}
@@ -429,18 +435,20 @@ def markdown(summary: dict, rat: list[dict], a, note: dict, title: str) -> str:
     n = next(iter(summary.values()))["n"]
     lines = [f"## {title}", "",
              f"P={a.P} prompts × G={a.G} rollouts = B={a.P * a.G} sequences, R≤{a.R} new tokens, "
-             f"size={a.size}, vocab={'Qwen 151,669' if a.tokenizer else 'tiny 4,096'}, fp32, "
+             f"size={a.size}, vocab={'Qwen 151,669' if a.tokenizer else 'tiny 4,096'}, fp32, rollout engine {a.engine} "
+             "(TRL: HF generate), "
              f"{a.threads} thread(s); median of {n} timed steps "
              f"({a.rounds} round(s) × {a.steps} steps, {a.warmup} warm-up step(s) per child, children interleaved).",
              f"Machine: {note['cores']} cores shared with other agents, load average "
              f"{', '.join(f'{x:.1f}' for x in note['loadavg'])} at the end ({note['date_utc']} UTC). "
              "Phase columns are process CPU seconds (the work done, robust to waiting for a core); "
              "the wall column shows what the load did to the elapsed time.", "",
-             "| config | CPU s total | prep | generation | scoring | loss+backward | optimizer | other | "
+             "| config | engine | CPU s total | prep | generation | scoring | loss+backward | optimizer | other | "
              "wall s (min–max) | step peak MiB | process peak MiB | mean R |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c, s in summary.items():
-        lines.append(f"| {c} | {s['total_cpu']:.2f} | {s['prep_cpu']:.2f} | {s['generation_cpu']:.2f} | "
+        engine = a.engine if CONFIGS[c][0] == "ours" else "hf"
+        lines.append(f"| {c} | {engine} | {s['total_cpu']:.2f} | {s['prep_cpu']:.2f} | {s['generation_cpu']:.2f} | "
                      f"{s['scoring_cpu']:.2f} | {s['loss_backward_cpu']:.2f} | {s['optimizer_cpu']:.2f} | "
                      f"{s['other_cpu']:.2f} | {s['total']:.1f} ({s['total_min']:.1f}–{s['total_max']:.1f}) | "
                      f"{s['step_peak_MiB']:.0f} | {s['rss_peak_MiB']:.0f} | {s['response_len']:.1f} |")
@@ -469,6 +477,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=1, help="repeat all children, interleaved")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads; 1 (default) keeps CPU time free of OpenMP spin-waits on a loaded machine")
+    p.add_argument("--engine", default="hf", choices=("hf", "vllm"),
+                   help="rollout engine of our configs (vllm: run in the vLLM virtualenv, --size tiny-h32)")
     p.add_argument("--cache", default="/tmp/dopd_bench", help="checkpoint / dataset cache folder")
     p.add_argument("--out", default=str(HERE / "results" / "step"), help="results prefix (.md and .json)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
