@@ -198,6 +198,9 @@ _VERBS = {"is", "are", "was", "were", "be", "equals", "=", ":"}
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
+_ASCII_PUNCT_TO_SPACE = str.maketrans({c: " " for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"})  # Unicode P* and S*
+
+
 def _fold(text: str, words: bool) -> tuple[str, list[int]]:
     """-> (normalised text, index of the original character behind each normalised one).
 
@@ -208,6 +211,16 @@ def _fold(text: str, words: bool) -> tuple[str, list[int]]:
 
     out: list[str] = []
     idx: list[int] = []
+    if text.isascii():  # fast path (the common case): NFKC and accents change nothing, folding is lower()
+        t = (text.translate(_ASCII_PUNCT_TO_SPACE) if words else text).lower()
+        for i, c in enumerate(t):
+            if c.isspace():
+                if not out or out[-1] == " ":
+                    continue
+                c = " "
+            out.append(c)
+            idx.append(i)
+        return "".join(out), idx
     for i, ch in enumerate(text):
         n = unicodedata.normalize("NFKC", ch).replace("\u2212", "-")
         if words:
