@@ -98,6 +98,8 @@ def export_dataset(dataset: str | Path, fmt: str, out: str | Path, split: str | 
             folder = tmp if one else tmp / name
             folder.mkdir(parents=True, exist_ok=True)
             _exporter(fmt)(ds, folder, view=view)
+            if fmt == "qwen_messages":  # its image paths are absolute: make them name the final folder
+                _move_image_paths(folder / "messages.jsonl", tmp.resolve(), out.resolve())
             written[name] = (out if one else out / name)
         if out.exists():
             shutil.rmtree(out)
@@ -106,6 +108,19 @@ def export_dataset(dataset: str | Path, fmt: str, out: str | Path, split: str | 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return written
+
+
+def _move_image_paths(path: Path, old_root: Path, new_root: Path) -> None:
+    import json
+
+    old, new = "file://" + str(old_root), "file://" + str(new_root)
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for row in rows:
+        for message in row["messages"]:
+            for part in message["content"] if isinstance(message["content"], list) else ():
+                if part.get("type") == "image" and str(part.get("image", "")).startswith(old):
+                    part["image"] = new + part["image"][len(old):]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
 def run(args) -> int:

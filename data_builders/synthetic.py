@@ -74,7 +74,8 @@ def build_synthetic(out_dir: str | os.PathLike, n_train: int | None = DEFAULT_N[
         from tqdm.auto import tqdm
 
         recs, leaks, encoded = [], [], []
-        for scene, q, im in tqdm(items, desc=f"synthetic_scenes {split}", disable=quiet):
+        # disable only when quiet: otherwise TQDM_DISABLE (set by the CLI unless --verbose) decides
+        for scene, q, im in tqdm(items, desc=f"synthetic_scenes {split}", **({"disable": True} if quiet else {})):
             rec, leak = finalize_record(S.scene_record(scene, q, im, seed, caption_style), kinds, templates)
             recs.append(rec)
             leaks.append(leak)

@@ -14,6 +14,7 @@ import sys
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "build": ("data_builders.cli", "build a privileged dataset from a source dataset or local files"),
+    "annotate": ("data_builders.annotate", "write privileged information into a built dataset with a model"),
     "export": ("data_builders.export_cli", "export a built dataset to TRL, LLaVA, LLaMA-Factory or qwen-vl-utils messages"),
     "sft": ("dopd_vlm.sft", "supervised fine-tuning (warm-start a student or a teacher)"),
     "train": ("dopd_vlm.train", "on-policy distillation: DOPD and its baselines"),
@@ -53,9 +54,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(only=chosen if chosen in SUBCOMMANDS else "").parse_args(argv)
     from dopd_vlm.console import set_verbose
 
+    # before any subcommand module is imported: libraries read their progress-bar settings at import
+    set_verbose("--verbose" in argv[:argv.index(chosen)] if chosen in argv else "--verbose" in argv)
+    args = build_parser(only=chosen if chosen in SUBCOMMANDS else "").parse_args(argv)
     set_verbose(args.verbose)
     try:
         return int(args._run(args) or 0)

@@ -21,19 +21,39 @@ import time
 from collections.abc import Iterator, Sequence
 
 _VERBOSE = False
+_QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+              "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}  # TQDM_*: defaults of every tqdm bar
+_SET_BY_US: set[str] = set()
 
 
 def set_verbose(verbose: bool) -> None:
-    """Quiet by default: silence transformers/datasets/lmms-eval progress bars and info logs."""
+    """Quiet by default: silence transformers/datasets/lmms-eval progress bars and info logs.
+
+    tqdm reads ``TQDM_DISABLE`` when it is imported, so call this before heavy imports (the CLI
+    does, before it imports a subcommand); a bar that passes ``disable=False`` itself still shows.
+    ``set_verbose(True)`` undoes what an earlier quiet call set.
+    """
     global _VERBOSE
     _VERBOSE = bool(verbose)
-    if _VERBOSE:
-        return
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # default of every tqdm bar; a bar passing disable=False stays
+    if _VERBOSE:
+        for name in list(_SET_BY_US):
+            os.environ.pop(name, None)
+            _SET_BY_US.discard(name)
+        if "transformers" in sys.modules:
+            import transformers
+
+            transformers.logging.set_verbosity_warning()
+            transformers.logging.enable_progress_bar()
+        if "datasets" in sys.modules:
+            import datasets
+
+            datasets.enable_progress_bars()
+        return
+    for name, value in _QUIET_ENV.items():
+        if name not in os.environ:
+            os.environ[name] = value
+            _SET_BY_US.add(name)
     if "transformers" in sys.modules:
         import transformers
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 # One colour per regime name (docs/method.md §4 regimes first; anything else cycles the tail).
 REGIME_COLOURS = {
-    "LH": "#9ecae1", "LL": "#fdd0a2", "HT": "#fc9272", "HS": "#a1d99b", "all": "#dadaeb",
+    "LH": "#9ecae1", "LL": "#fdd0a2", "HT": "#fc9272", "HS": "#a1d99b", "ALL": "#dadaeb",
 }
 _EXTRA = ["#bcbddc", "#fdae6b", "#c7e9c0", "#d9d9d9"]
 
@@ -35,12 +35,42 @@ def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return xs, ys
 
 
-def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
-    """Write regime fractions, per-regime loss, mean gap A (+ threshold) and entropy as PNGs."""
+def run_identity(run_dir: str | Path) -> tuple[str, str]:
+    """``(run name, routing table)`` of a run folder: its folder name and ``config.yaml``'s ``table``
+    ("" when the folder has no config, e.g. plain metrics files)."""
+    run_dir = Path(run_dir)
+    table = ""
+    config = run_dir / "config.yaml"
+    if config.is_file():
+        from dopd_vlm.config import load_yaml
+
+        try:
+            data = load_yaml(config.read_text(encoding="utf-8")) or {}
+        except Exception:  # a plot title is not worth failing a finished run over
+            data = {}
+        if isinstance(data, dict):
+            table = str(data.get("table") or "")
+            if not table and isinstance(data.get("data"), dict):  # an sft run: say which view it trained
+                table = f"sft, {data['data'].get('view', 'plain')} view"
+    return run_dir.resolve().name, table
+
+
+def plot_metrics(metrics_path: str | Path, out_dir: str | Path, run_name: str | None = None,
+                 table: str | None = None) -> list[Path]:
+    """Write regime fractions, per-regime loss, mean gap A (+ threshold) and entropy as PNGs.
+
+    Readable at a glance: every title names the run and its routing table (by default the folder of
+    ``metrics_path`` and its ``config.yaml``), and the step axis has integer ticks only.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    found_name, found_table = run_identity(Path(metrics_path).parent)
+    run_name = found_name if run_name is None else run_name
+    table = found_table if table is None else table
+    suffix = " — " + " · ".join(p for p in (run_name, table and f"table {table}") if p) if (run_name or table) else ""
 
     rows = read_jsonl(metrics_path)
     out_dir = Path(out_dir)
@@ -58,23 +88,38 @@ def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
     ]
     written = []
     for fname, title, series_keys in panels:
-        series = [(k, *_series(rows, k)) for k in series_keys]
-        series = [s for s in series if s[1]]
-        if not series:
+        fig = metric_figure(rows, title + suffix, series_keys)
+        if fig is None:
             continue
-        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-        for k, xs, ys in series:
-            colour = REGIME_COLOURS.get(k.split("/")[1]) if k.startswith("regime/") else None
-            ax.plot(xs, ys, marker="o", ms=3, label=k, color=colour)
-        ax.set_title(title)
-        ax.set_xlabel("optimiser step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out_dir / fname)
+        fig.savefig(out_dir / fname, metadata={"Title": title + suffix})
         plt.close(fig)
         written.append(out_dir / fname)
     return written
+
+
+def metric_figure(rows: list[dict], title: str, series_keys: list[str]):
+    """One panel: the ``series_keys`` of ``rows`` over the optimiser step (None when all are empty)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    series = [(k, *_series(rows, k)) for k in series_keys]
+    series = [s for s in series if s[1]]
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    for k, xs, ys in series:
+        colour = REGIME_COLOURS.get(k.split("/")[1]) if k.startswith("regime/") else None
+        ax.plot(xs, ys, marker="o", ms=3, label=k, color=colour)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("optimiser step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers: no 1.5 ticks
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def _colour(regime: str, palette: dict[str, str]) -> str:
