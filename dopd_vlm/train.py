@@ -49,11 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point for ``accelerate launch -m dopd_vlm.train CONFIG [key=value ...]``."""
     import argparse
 
+    from dopd_vlm.console import set_verbose
+
     parser = argparse.ArgumentParser(prog="dopd_vlm.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
+    parser.add_argument("--verbose", action="store_true", help="show library progress bars (quiet by default)")
+    args = parser.parse_args(argv)
+    set_verbose(args.verbose)  # as `dopd-vlm train` does
     try:
-        return run(parser.parse_args(argv))
+        return run(args)
     except ValueError as e:  # the project's own errors as one line, as `dopd-vlm train` prints them
         if not type(e).__module__.startswith(("dopd_vlm", "data_builders")):
             raise
