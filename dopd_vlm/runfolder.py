@@ -242,13 +242,14 @@ class RunFolder:
             if not found:
                 return
             if not getattr(run, "overwrite", False):
-                has_ckpt = any(n.startswith("checkpoint-") for n in found)
                 what = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
-                resume = ("continue it with run.resume_from=latest" if has_ckpt else
-                          "it has no checkpoint to continue from (run.resume_from=latest needs one)")
-                raise RunFolderError(f"{self.out} already holds a run ({what}); {resume}, or start over with "
-                                     f"run.overwrite=true (deletes its checkpoints, logs and plots), or choose "
-                                     f"another run.output_dir")
+                if any(n.startswith("checkpoint-") for n in found):
+                    raise RunFolderError(f"{self.out} already holds a run ({what}); continue it with "
+                                         "run.resume_from=latest, or start over with run.overwrite=true (deletes its "
+                                         "checkpoints, logs and plots), or choose another run.output_dir")
+                raise RunFolderError(f"{self.out} already holds a run ({what}) with no checkpoint to continue from "
+                                     "(run.resume_from=latest needs one); start over with run.overwrite=true (deletes "
+                                     "its logs and plots), or choose another run.output_dir")
             removed = clear_run(self.out)
             print(f"{self.kind}: run.overwrite=true: removed the earlier run in {self.out} ({len(removed)} entries)",
                   file=sys.stderr)

@@ -200,6 +200,24 @@ def test_train_ctrl_c_saves_plots_and_html_and_a_second_process_is_refused(tmp_p
     _weights(last_ckpt)
 
 
+def test_ddp_ranks_agree_on_a_refusal_and_do_not_hang(tmp_path, shared):
+    from dopd_vlm.config import TrainConfig, load_config, save_config
+
+    out = tmp_path / "ddp"
+    out.mkdir()
+    save_config(load_config(TrainConfig, PRESET, [f"run.output_dir={out}"]), out / "config.yaml")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "dopd_vlm.train",
+           *_train_args(shared, out, "max_steps=2")[1:]]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert res.returncode != 0
+    refusals = [line for line in (res.stdout + res.stderr).splitlines()
+                if line.startswith("dopd_vlm.train: error: ") and "already holds a run" in line]
+    # one verdict (the launcher may stop the other rank before it prints its identical line)
+    assert refusals and len(set(refusals)) == 1, res.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "run.lock"]  # nothing else written
+
+
 # --------------------------------------------------------------------- train: run folder checks
 def test_train_fresh_run_changed_config_and_overwrite(tmp_path, shared):
     from dopd_vlm.config import TrainConfig, load_config
