@@ -264,6 +264,8 @@ def show_value(value: Any) -> str:
         return '""' if value == "" else value
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(show_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {show_value(v)}" for k, v in value.items()) + "}"
     if value is None:
         return "null"
     return repr(value)
