@@ -165,6 +165,7 @@ class RunFolder:
         self.main = True
         self.stopped_at: int | None = None
         self._lock_fd: int | None = None
+        self._created = False  # this process made the folder: a failed start leaves nothing behind
         self._interrupts = 0
         self._prev_handler = None
 
@@ -188,6 +189,9 @@ class RunFolder:
 
             try:
                 os.ftruncate(self._lock_fd, 0)
+                if self._created and [p.name for p in self.out.iterdir()] == [LOCK_NAME]:
+                    (self.out / LOCK_NAME).unlink()  # still locked: a newcomer re-checks the inode (lock())
+                    self.out.rmdir()
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             finally:
                 os.close(self._lock_fd)
@@ -217,16 +221,26 @@ class RunFolder:
         """Take the exclusive lock of the folder or refuse at once, naming the holder."""
         import fcntl
 
-        self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "a process that has not written its pid yet"
+        for _ in range(10):
+            self._created = self._created or not self.out.exists()
+            self.out.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "a process that has not written its pid yet"
+                os.close(fd)
+                raise RunFolderError(f"{self.out} is in use by another run ({holder}); wait for it to end or choose "
+                                     f"another run.output_dir") from None
+            try:
+                if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                    break  # the file locked is the one in the folder (not one removed meanwhile)
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            raise RunFolderError(f"{self.out} is in use by another run ({holder}); wait for it to end or choose "
-                                 f"another run.output_dir") from None
+        else:
+            raise RunFolderError(f"{path}: the lock file keeps being replaced; is another run starting and stopping here?")
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, {self.kind} started {stamp}\n".encode(), 0)
