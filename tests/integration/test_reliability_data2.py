@@ -285,6 +285,23 @@ def test_unresolvable_path_under_on_error_stop_names_record(tmp_path, images, ro
     assert not (tmp_path / "stop").exists()
 
 
+def test_bad_rows_with_two_processes_give_the_same_summary(tmp_path, images):
+    """--num-proc 2: every skip (paths, processor limits, duplicate ids) is counted as with one process."""
+    rows = [_llava("ok", "ok.png"), _llava("strip", "strip.png"), _llava("ok", "tiny.png")] + [r for r, _ in PATH_ROWS]
+    src = _source(tmp_path, rows)
+    summaries = []
+    for n in (1, 2):
+        out = tmp_path / f"out{n}"
+        run_source_build("llava", out=str(out), source=src, image_root=str(images), num_proc=n,
+                         duplicates="drop-later", quiet=True)
+        s = json.loads((out / "build_summary.json").read_text())["splits"][0]
+        summaries.append({k: s[k] for k in ("kept", "skipped", "skip_reasons", "duplicates")}
+                         | {"rows": sorted((r["index"], r["category"]) for r in s["skipped_rows"])})
+    assert summaries[0] == summaries[1]
+    assert summaries[0]["kept"] == 1 and summaries[0]["skip_reasons"] == {
+        "image unsupported by the model processors": 1, "duplicate id": 1, "invalid image[0]": len(PATH_ROWS)}
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
 def test_unreadable_file_is_a_counted_skip(tmp_path, images):
     (images / "secret.png").write_bytes((images / "ok.png").read_bytes())
