@@ -498,6 +498,7 @@ def run_checkpoint_inline(checkpoint: str, label: str, tasks: list[str], out: Pa
         try:
             lm = DopdVLM(pretrained=checkpoint, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
                          batch_size=batch_size, chat_template_kwargs=chat_template_kwargs or None)
+            lm.keep_loaded = True  # one model for every task's simple_evaluate (freed below)
         except Exception as e:  # the checkpoint itself is unusable: the whole row fails
             (run_dir / "error.log").write_text(traceback.format_exc())
             result.error = f"{type(e).__name__}: {e}; see {run_dir / 'error.log'}"

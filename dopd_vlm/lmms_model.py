@@ -220,6 +220,15 @@ class DopdVLM(lmms):
         self._eos_ids = self.adapter.eos_token_ids(self.model, self.processor)
         self._pad_id = self.adapter.pad_token_id(self.processor)
 
+    # lmms-eval's evaluate() ends with clean(), which deletes every nn.Module attribute (to free
+    # accelerator memory for a judge model). `dopd-vlm eval` runs one evaluate() per task on one
+    # loaded model and sets keep_loaded; plain lmms-eval runs keep lmms-eval's behaviour.
+    keep_loaded = False
+
+    def clean(self):
+        if not self.keep_loaded:
+            super().clean()
+
     # lmms-eval calls these for loglikelihood / multi-round tasks; this model answers by generation.
     def loglikelihood(self, requests: list[Instance]):
         raise NotImplementedError("dopd_vlm is a generation (chat) model: pick generate_until tasks; "
