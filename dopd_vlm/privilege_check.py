@@ -82,8 +82,13 @@ def empty_privilege_counts(rows, kinds: Sequence[str] | None) -> dict:
 def describe_counts(counts: dict, prefix: str = "") -> str:
     """One line for a summary: ``privileged context empty in 3 of 10 rows (regions 3, captions 10)``."""
     per = ", ".join(f"{k} {v}" for k, v in counts["empty_by_kind"].items())
-    return (f"{prefix}privileged context empty in {counts['empty_all']} of {counts['rows']} rows"
+    line = (f"{prefix}privileged context empty in {counts['empty_all']} of {counts['rows']} rows"
             + (f" (per kind: {per})" if per else " (no privileged kinds rendered)"))
+    never = [k for k, v in counts["empty_by_kind"].items() if counts["rows"] and v == counts["rows"]]
+    if never:
+        line += (f"; warning: {', '.join(never)} empty in every row (the source does not carry "
+                 f"{'it' if len(never) == 1 else 'them'}; write it with `dopd-vlm annotate`)")
+    return line
 
 
 def _dataset_profile(rows) -> tuple[dict, dict]:
