@@ -185,3 +185,17 @@ def test_paper_presets_are_non_thinking():
         cfg = load_config(TrainConfig, presets / name)
         assert cfg.model.chat_template_kwargs == {"enable_thinking": False}, name
     assert TrainConfig().model.chat_template_kwargs == {}
+
+
+def test_subprocess_command_carries_the_options_through_lmms_eval_parsing(tmp_path):
+    """`dopd-vlm eval --subprocess`: the JSON model arg survives lmms-eval's own model_args split."""
+    from lmms_eval.utils import simple_parse_args_string
+
+    from dopd_vlm.evaluate import lmms_eval_command
+    from dopd_vlm.lmms_model import parse_chat_template_kwargs
+
+    cmd = lmms_eval_command("ck", ["t"], tmp_path, None, None, 2, "cpu", None, 2048,
+                            chat_template_kwargs={"enable_thinking": False, "custom": 1})
+    args = simple_parse_args_string(cmd[cmd.index("--model_args") + 1])
+    assert args["max_new_tokens"] == 2048
+    assert parse_chat_template_kwargs(args["chat_template_kwargs"]) == {"enable_thinking": False, "custom": 1}
