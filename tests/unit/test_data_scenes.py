@@ -255,7 +255,7 @@ def test_occluded_answers_and_gap_rederived_independently():
 
 def test_occluded_object_shows_nothing_but_the_slots_name_it():
     seen = 0
-    for scene, q, im in S.generate(60, seed=2, layout="occluded", families=S.DEMO_FAMILIES):
+    for scene, _q, im in S.generate(60, seed=2, layout="occluded", families=S.DEMO_FAMILIES):
         px = np.asarray(im)
         for o in scene["objects"]:
             x1, y1, x2, y2 = o["bbox"]
