@@ -349,6 +349,8 @@ def _train(cfg: TrainConfig, folder) -> Path:
     if accelerator.is_main_process and cfg.run.plots:
         plot_metrics(out / "metrics.jsonl", out / "plots")
         write_token_html(out / "samples.jsonl", out / "tokens.html", title=f"{cfg.table}: token routing")
+    if runner.engine is not None:  # vLLM first: accelerate's end_training tears torch.distributed down
+        runner.engine.close()
     accelerator.end_training()
     return final
 

@@ -270,8 +270,14 @@ class ColocatedEngine:
         if not torch.cuda.is_available():
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(rollout_cfg.vllm_cpu_kv_cache_gb))))
         vllm = import_vllm()
+        # One engine per training process: alone, vLLM's in-process "uni" executor; under torchrun /
+        # accelerate, "external_launcher" (each rank its own tensor-parallel-1 engine, as TRL's
+        # colocate mode does; not exercised by this repository's tests)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1
         kwargs = dict(model=str(model_path), dtype=dtype, seed=seed, trust_remote_code=trust_remote_code,
-                      distributed_executor_backend="uni", worker_extension_cls=WEIGHT_SYNC,
+                      distributed_executor_backend="external_launcher" if distributed else "uni",
+                      worker_extension_cls=WEIGHT_SYNC,
                       # CPU: no CUDA graphs, and torch.compile on a small box costs more than it saves [D]
                       enforce_eager=rollout_cfg.vllm_enforce_eager or not torch.cuda.is_available())
         if torch.cuda.is_available():
@@ -295,7 +301,10 @@ class ColocatedEngine:
         return generate(self.llm, batch, G, max_new_tokens, temperature, top_p, top_k, eos_ids, return_logprobs)
 
     def close(self) -> None:
-        self.llm = None
+        """Shut the engine down (before accelerate tears down torch.distributed at the end of training)."""
+        if self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
 
 
 def _png_data_url(image) -> str:
