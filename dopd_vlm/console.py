@@ -129,7 +129,10 @@ def requested_processes(launcher_argv: list[str] | None = None) -> tuple[int | N
         return None, ""
     value = _option(launcher_argv, "--num_processes", "--num-processes", "--nproc_per_node", "--nproc-per-node")
     if value is None and is_accelerate:
-        config = _option(launcher_argv, "--config_file", "--config-file")
+        # an explicit config file, else the one `accelerate config` writes (accelerate's default)
+        hf_home = os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface"))
+        config = _option(launcher_argv, "--config_file", "--config-file") or os.path.join(
+            hf_home, "accelerate", "default_config.yaml")
         if config and os.path.isfile(config):
             import yaml
 
