@@ -196,6 +196,7 @@ _INDEX_WORDS = {"row", "rows", "column", "columns", "col", "step", "steps", "lin
 _PRONOUN_DETERMINERS = {"the", "this", "that", "which", "each", "every", "another", "any", "no", "other"}
 _VERBS = {"is", "are", "was", "were", "be", "equals", "=", ":"}
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_ORDINALS = "first second third fourth fifth sixth seventh eighth ninth tenth".split()
 
 
 _ASCII_PUNCT_TO_SPACE = str.maketrans({c: " " for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"})  # Unicode P* and S*
@@ -379,12 +380,27 @@ def _letter_spans(text: str, letter: str) -> list[tuple[int, int]]:
     else:
         idx = list(range(len(text)))
     L, low = letter.upper(), letter.lower()
+    k = _LETTERS.index(L)
+    verb = r"(?:\s+(?:is|was|would\s+be|should\s+be|must\s+be))?\s*[:=]?\s*"
     pats = [
         (rf"[(\[]\s*{L}\s*[)\]]", 0),
-        (rf"\b(?:answers?|options?|choices?|letter|alternative)\b(?:\s+(?:is|was|would\s+be|should\s+be|must\s+be))?"
-         rf"\s*[:=]?\s*[(\[]?\s*(?:{L}|{low})\s*[)\]]?(?!\w)", re.IGNORECASE),
+        (rf"\b(?:answer|letter)\b{verb}[(\[]?\s*(?:{L}|{low})\s*[)\]]?(?!\w)", re.IGNORECASE),
         (rf"(?<!\w)[(\[]?{L}[)\]]?\s+is\s+(?:the\s+)?(?:correct|right|answer|true)\b", 0),
+        (rf"\\(?:boxed|fbox)\s*\{{\s*(?:\\text(?:bf)?\s*\{{)?\s*[(\[]?\s*(?:{L}|{low})\s*[)\]]?\s*\}}", 0),
     ]
+    # "option B" / "choice (b)" / "option 2" / "the second option", unless the text names several
+    # options that way (a listing of the options, not a choice among them)
+    kw = r"\b(?:option|choice|alternative)\b"
+    named = {m.group(1).upper() for m in re.finditer(rf"{kw}{verb}[(\[]?\s*([A-Za-z])\s*[)\]]?(?!\w)", nfkc,
+                                                     re.IGNORECASE)}
+    named |= {_LETTERS[int(m.group(1)) - 1] for m in re.finditer(
+        rf"{kw}\s*(?:number\s*|no\.?\s*|#\s*)?(\d{{1,2}})(?![\w.])", nfkc, re.IGNORECASE)
+        if 1 <= int(m.group(1)) <= len(_LETTERS)}
+    if named == {L}:
+        pats += [(rf"{kw}{verb}[(\[]?\s*(?:{L}|{low})\s*[)\]]?(?!\w)", re.IGNORECASE),
+                 (rf"{kw}\s*(?:number\s*|no\.?\s*|#\s*)?{k + 1}(?![\w.])", re.IGNORECASE)]
+    if k < len(_ORDINALS):
+        pats.append((rf"\b{_ORDINALS[k]}\s+(?:option|choice|alternative|answer)\b", re.IGNORECASE))
     spans = []
     for pat, flags in pats:
         for m in re.finditer(pat, nfkc, flags):

@@ -15,6 +15,7 @@ from dopd_vlm.privileged import (
 )
 
 CHOICES = ["dog", "cat", "bird"]
+NUMBERED = ["x1", "y2", "z3"]  # option texts that never occur in the sentences below
 
 # (text, answer, choices) that state the answer
 LEAKS = {
@@ -46,7 +47,9 @@ LEAKS = {
         ("the answer is (B)", "B", CHOICES), ("option B", "B", CHOICES), ("Option b is right", "B", CHOICES),
         ("choice （Ｂ）", "B", CHOICES), ("B is correct", "B", CHOICES), ("the correct answer is b.", "B", CHOICES),
         ("Answer: A", "A", CHOICES), ("the answer is [C]", "C", CHOICES), ("so it must be (B).", "B", CHOICES),
-        ("answer = B", "B", CHOICES),
+        ("answer = B", "B", CHOICES), ("\\boxed{B}", "B", CHOICES), ("$\\boxed{\\text{B}}$", "B", CHOICES),
+        ("the second option", "B", CHOICES), ("option 2 fits", "B", CHOICES), ("choice no. 2", "B", CHOICES),
+        ("option A is wrong, B is right", "B", CHOICES),
     ],
     "option text of a letter answer": [
         ("a cat sat", "B", CHOICES), ("A CAT sat", "B", CHOICES), ("it is a dog", "A", CHOICES),
@@ -82,6 +85,10 @@ CLEAN = {
         ("a plain sentence", "A", ["x", "y"]), ("the answer is a red cube", "A", ["x", "y"]),
         ("(a) look left (b) look right", "B", CHOICES), ("Be careful", "B", CHOICES), ("a bird flies", "B", CHOICES),
         ("option A is ruled out first", "cat", CHOICES), ("I think so", "I", [f"colour {k}" for k in range(10)]),
+    ],
+    "a listing of the options": [
+        ("Options: A, B, C", "B", NUMBERED), ("option A or option B", "B", NUMBERED),
+        ("options A and B", "A", NUMBERED), ("option 1 or option 2", "B", NUMBERED), ("the first step", "A", NUMBERED),
     ],
 }
 
