@@ -327,6 +327,8 @@ def make_record(*, id: str, source: dict, images: list, question: str, answer: s
     m = dict(meta or {})
     if image_size is not None:
         m["image_size"] = [int(image_size[0]), int(image_size[1])]
+        if getattr(image_size, "orientation", 1) != 1:  # applied at build time (resolve_image); kept for audits
+            m["exif_orientation"] = image_size.orientation
     return {
         "id": id,
         "source": {"dataset": source["dataset"], "config": source.get("config"), "split": source["split"],

@@ -190,7 +190,7 @@ def test_build_stores_what_the_model_receives_for_a_rotated_phone_jpeg(tmp_path)
                           image_root=str(root), quiet=True)
     rec = dd["train"][0]
     im = rec["images"][0]
-    assert rec["meta"]["image_size"] == [20, 40] == list(im.size)
+    assert rec["meta"]["image_size"] == [20, 40] == list(im.size) and rec["meta"]["exif_orientation"] == 6
     expected = ImageOps.exif_transpose(Image.open(root / "phone.jpg")).convert("RGB")
     assert np.array_equal(np.asarray(im.convert("RGB")), np.asarray(expected))
 
