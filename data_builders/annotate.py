@@ -390,6 +390,21 @@ class _Runner:
         return out
 
 
+def _render_for_annotator(priv: dict, kind: Kind, size, s: Settings) -> str:
+    """The privileged text in the annotator's own box convention (what the recheck prompt shows it)."""
+    fmt, target = "abs_xyxy", None
+    if kind.parser == "boxes" and size is not None:
+        if s.convention == "qwen2_5_vl":
+            from .boxparse import input_size
+
+            target = input_size(size, s.min_pixels, s.max_pixels)
+        elif s.convention in ("qwen3_vl", "qwen2_vl"):
+            fmt = "grid1000"
+        elif s.convention == "rel01":
+            fmt = "rel01"
+    return render_privileged(priv, [kind.render], box_format=fmt, image_size=size, target_size=target)
+
+
 def annotate_records(records: list[dict], s: Settings, runner: _Runner, summary: AnnotateSummary) -> dict[str, dict]:
     """-> {record id: {"value", "attempts", "verdict", "leak"}} for rows that pass, skipped rows counted."""
     kind = s.kind
@@ -447,7 +462,7 @@ def annotate_records(records: list[dict], s: Settings, runner: _Runner, summary:
             rec = by_id[rid]
             priv = dict(rec["privileged"] or {})
             priv[kind.field] = r["value"]
-            text = render_privileged(priv, [kind.render], image_size=size_of(rid))
+            text = _render_for_annotator(priv, kind, size_of(rid), s)
             msgs = [{"role": "user", "content": _image_parts(rec, kind) + [{"type": "text", "text": fill(
                 s.recheck_template, {**_values(rec), "privileged": text})}]}]
             jobs[rid] = msgs
@@ -535,7 +550,7 @@ def annotate_dataset(src: str, out: str, s: Settings, backend, splits: list[str]
     from tqdm.auto import tqdm
 
     from .build import finalize_record, write_outputs
-    from .records import record_features
+    from .records import empty_privileged, record_features
 
     out_p = Path(out)
     if out_p.exists() and not overwrite:
@@ -575,14 +590,19 @@ def annotate_dataset(src: str, out: str, s: Settings, backend, splits: list[str]
             with contextlib.closing(bar):
                 for start in range(0, len(raw), CHUNK):
                     chunk = raw.select_columns(cols).select(range(start, min(start + CHUNK, len(raw))))
-                    results.update(annotate_records(list(chunk), s, runner, summary))
+                    got = annotate_records(list(chunk), s, runner, summary)
+                    if start == 0 and not got and summary.skipped and \
+                            all(x["category"] == "request failed" for x in summary.skipped):
+                        raise AnnotateError(f"the endpoint answered none of the first {len(chunk)} requests: "
+                                            f"{summary.skipped[0]['reason']}")
+                    results.update(got)
                     bar.update(len(chunk))
             keep = [i for i, rid in enumerate(ds["id"]) if rid in results]
 
             def apply(row, _results=results):
                 rec = {k: row[k] for k in row.keys()}  # datasets hands a lazy row
                 r = _results[rec["id"]]
-                rec["privileged"][s.kind.field] = r["value"]
+                rec["privileged"] = {**empty_privileged(), **(rec["privileged"] or {}), s.kind.field: r["value"]}
                 meta = dict(rec["meta"] or {})
                 kinds = s.render_kinds if s.render_kinds is not None else \
                     list(dict.fromkeys([*(meta.get("privileged_kinds") or []), s.kind.render]))
