@@ -461,12 +461,13 @@ def run_checkpoint(checkpoint: str, label: str, tasks: list[str], out: Path, inc
     start = time.time() - 1  # file-system mtime granularity
     with open(log, "w") as fh:
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    where = f"tasks {','.join(tasks)} in one lmms-eval process"  # --subprocess: one process, all tasks
     if proc.returncode != 0:
-        return RunResult(label, checkpoint, {}, f"lmms-eval exited {proc.returncode}: {_logged_error(log)}; "
+        return RunResult(label, checkpoint, {}, f"{where}: lmms-eval exited {proc.returncode}: {_logged_error(log)}; "
                                                 f"see {log}", run_dir)
     results = _find_results(run_dir, start)
     if results is None:
-        return RunResult(label, checkpoint, {}, f"no results JSON under {run_dir} (lmms-eval exits 0 on a "
+        return RunResult(label, checkpoint, {}, f"{where}: no results JSON under {run_dir} (lmms-eval exits 0 on a "
                                                 f"crash): {_logged_error(log)}; see {log}", run_dir)
     try:
         metrics = parse_results(results, tasks)

@@ -327,3 +327,16 @@ def test_seeds_group_into_methods_with_t_intervals(tmp_path):
     paths = E.write_comparison(results, [("t", "accuracy")], tmp_path)
     assert "| dopd | 3 | 0.5000 ± 0.2484 |" in paths["md"].read_text()
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_subprocess_log_error_unwraps_retry_error(tmp_path):
+    log = tmp_path / "lmms_eval.log"
+    log.write_text(
+        "2026-01-01 | INFO | lmms_eval.evaluator - Building contexts for mmstar\n"
+        "2026-01-01 | WARNING | huggingface_hub - requests.exceptions.ConnectionError: HTTPSConnectionPool("
+        "host='huggingface.co', port=443): Max retries exceeded with url: /api/datasets/Lin-Chen/MMStar\n"
+        "\x1b[31m2026-01-01 | ERROR | lmms_eval.__main__:cli_evaluate:614 - Error during evaluation: "
+        "RetryError[<Future at 0x7f state=finished raised ConnectionError>]\x1b[0m\n")
+    msg = E._logged_error(log)
+    assert msg.startswith("Error during evaluation: RetryError[")
+    assert "<- " in msg and "Lin-Chen/MMStar" in msg
