@@ -153,6 +153,8 @@ class ReplyCache:
                         continue  # the last line of a killed run may be cut
                     self.entries[e["key"]] = e
         self._fh = open(self.path, "a", encoding="utf-8")
+        if self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n"):
+            self._fh.write("\n")  # end the line a killed run cut, so the next reply starts a line of its own
 
     def get(self, key: str) -> dict | None:
         return self.entries.get(key)

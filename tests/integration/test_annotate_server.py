@@ -187,3 +187,71 @@ def test_local_backend_runs_the_same_checkpoint_offline(scenes, tmp_path):
     ds = load_from_disk(str(out))["train"]
     assert len(ds) == 3 and all(r["privileged"]["captions"][0] for r in ds)
     assert ds[0]["meta"]["annotate"]["captions"]["engine"] == "transformers"
+
+
+class _FlakyProxy:
+    """127.0.0.1 proxy in front of the real server: answers the first ``fail`` requests itself with
+    ``status`` (or stalls past the client's timeout when ``status`` is "stall"), forwards the rest."""
+
+    def __init__(self, upstream: str, fail: int, status):
+        import http.server
+        import threading
+
+        proxy = self
+        self.seen = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                proxy.seen += 1
+                if proxy.seen <= fail:
+                    if status == "stall":
+                        time.sleep(1.5)
+                        return
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(json.dumps({"error": {"message": "injected", "type": "x"}}).encode())
+                    return
+                req = urllib.request.Request(upstream + self.path.removeprefix("/v1"), data=body,
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    data = r.read()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("status,retried", [(503, True), (429, True), ("stall", True), (400, False)])
+def test_retries_with_backoff_on_transient_errors_only(server, status, retried):
+    from data_builders.annotate_backends import OpenAIBackend, Request
+
+    proxy = _FlakyProxy(server["url"], fail=1, status=status)
+    try:
+        backend = OpenAIBackend(server["model"], base_url=proxy.url, concurrency=1, timeout=0.75, max_retries=2,
+                                backoff=0.05)
+        before = _posts(server)
+        [(_, rep)] = list(backend.run([Request("k", [{"role": "user", "content": [
+            {"type": "text", "text": "How many objects?"}]}], max_tokens=4)]))
+        backend.close()
+    finally:
+        proxy.close()
+    if retried:
+        assert rep.error is None and rep.attempts == 2 and rep.text is not None
+        assert _posts(server) - before == 1  # the failed attempt never reached the model
+    else:  # a 4xx is the request's fault: not retried, reported
+        assert rep.error is not None and "BadRequestError" in rep.error and rep.attempts == 1
+        assert _posts(server) - before == 0
