@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import os
 import random
+import re
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -132,7 +133,9 @@ class OpenAIBackend:
         self.requests_sent = 0
 
     def describe(self) -> dict:
-        return {"backend": self.name, "model": self.model, "base_url": self.base_url}
+        """What the records' provenance names (never the key; credentials in the URL are removed)."""
+        url = re.sub(r"//[^/@]*@", "//", self.base_url) if self.base_url else None
+        return {"backend": self.name, "model": self.model, "base_url": url}
 
     def _retryable(self, e: Exception) -> bool:
         o = self.openai

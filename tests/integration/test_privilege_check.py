@@ -69,7 +69,8 @@ def test_cli_build_prints_empty_counts_of_a_source_without_privilege(tmp_path, c
     assert main(["build", "gsm8k", "--source", info["source"], "--out", str(tmp_path / "o"), "--privileged",
                  "regions,hints"]) == 0
     out = capsys.readouterr().out
-    assert "privileged context empty in 0 of 1 rows (per kind: regions 1, hints 0)" in out
+    assert "privileged context empty in 0 of 1 rows (per kind: regions 1, hints 0); warning: regions empty in " \
+           "every row" in out and "dopd-vlm annotate" in out
     s = json.loads((tmp_path / "o" / "build_summary.json").read_text())["splits"][0]
     assert s["privileged_empty"]["empty_by_kind"] == {"regions": 1, "hints": 0}
 
