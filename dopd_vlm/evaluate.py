@@ -836,6 +836,9 @@ def evaluate(checkpoints: list[str], tasks: list[str], out: str | Path, include_
                 r.error = "every task failed: " + "; ".join(h.errors.values())
         results.append(r)
     all_tasks = list(tasks) + [t.task for t in harness_tasks if t.task not in tasks]
+    if benchmarks:  # a suite: its own order (the dict keeps the file's order)
+        order = {t: i for i, t in enumerate(benchmarks)}
+        all_tasks.sort(key=lambda t: order.get(t, len(order)))
     primary = dict(primary or {})
     for t in harness_tasks:
         primary.setdefault(t.task, t.metric)
