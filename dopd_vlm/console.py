@@ -165,10 +165,14 @@ def launch_mismatch(world_size: int, launcher_argv: list[str] | None = None) -> 
 
 # ------------------------------------------------------------------------------ start-up summary
 def startup_summary(accelerator, command: str, *, records: int, dataset: str = "", table: str = "",
-                    policies: Sequence[str] = (), extra: dict[str, str] | None = None, stream=None) -> str:
+                    policies: Sequence[str] = (), extra: dict[str, str] | None = None, stream=None,
+                    compact: bool | None = None) -> str:
     """Print (main process) what this run is: processes and the device of each, records, table,
     policies scored, plus ``extra`` rows; warn when the launch started fewer processes than asked.
-    Collective when distributed: every process must call it. Returns the printed text."""
+
+    ``compact`` (default: unless ``--verbose``) prints it as one line, as every phase is printed
+    in quiet mode; otherwise one row per item. Collective when distributed: every process must
+    call it. Returns the printed text."""
     from accelerate.utils import gather_object
 
     world = accelerator.num_processes
@@ -186,8 +190,11 @@ def startup_summary(accelerator, command: str, *, records: int, dataset: str = "
     if policies:
         rows.append(("policies scored", ", ".join(sorted(policies))))
     rows += list((extra or {}).items())
-    width = max(len(k) for k, _ in rows)
-    text = f"dopd-vlm {command}\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+    if (not _VERBOSE) if compact is None else compact:
+        text = f"dopd-vlm {command}: " + " · ".join(f"{k} {v}" for k, v in rows)
+    else:
+        width = max(len(k) for k, _ in rows)
+        text = f"dopd-vlm {command}\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
     warning = launch_mismatch(world)
     if accelerator.is_main_process:
         out = stream or sys.stderr

@@ -95,13 +95,17 @@ def test_startup_summary_single_process():
     from accelerate import Accelerator
 
     acc = Accelerator(cpu=True)
-    text = console.startup_summary(acc, "train (dopd)", records=12, dataset="data/x", table="dopd",
-                                   policies={"teacher_priv", "student_plain", "student_priv"},
-                                   extra={"steps": "3 x 4 prompts x 2 rollouts"})
+    kwargs = dict(records=12, dataset="data/x", table="dopd", policies={"teacher_priv", "student_plain", "student_priv"},
+                  extra={"steps": "3 x 4 prompts x 2 rollouts"})
+    text = console.startup_summary(acc, "train (dopd)", compact=False, **kwargs)
     assert "processes        1 (single process): cpu (rank 0)" in text
     assert "records          12 from data/x" in text
     assert "policies scored  student_plain, student_priv, teacher_priv" in text
     assert "warning" not in text
+    line = console.startup_summary(acc, "train (dopd)", compact=True, **kwargs)  # quiet mode: one line
+    assert "\n" not in line
+    assert line.startswith("dopd-vlm train (dopd): processes 1 (single process): cpu (rank 0) · records 12")
+    assert "policies scored student_plain, student_priv, teacher_priv · steps 3 x 4 prompts x 2 rollouts" in line
 
 
 def test_launch_mismatch_reads_the_launcher_command():
