@@ -255,3 +255,49 @@ def test_retries_with_backoff_on_transient_errors_only(server, status, retried):
     else:  # a 4xx is the request's fault: not retried, reported
         assert rep.error is not None and "BadRequestError" in rep.error and rep.attempts == 1
         assert _posts(server) - before == 0
+
+
+
+def test_build_annotate_train_end_to_end(server, scenes, tmp_path, tiny_ckpt):
+    """The data path of the paper presets on tiny parts: data without privilege is refused by train,
+    annotated by the served model, then trained on with the teacher reading the model-written text."""
+    from datasets import load_from_disk
+
+    from dopd_vlm.cli import main
+    from dopd_vlm.config import TrainConfig, load_config
+    from dopd_vlm.privilege_check import EmptyPrivilegeError
+    from dopd_vlm.train import train
+
+    # the scenes carry captions of their own: strip them to stand for a source without privilege
+    bare = tmp_path / "bare"
+    ds = load_from_disk(str(scenes))["train"].select(range(4))
+
+    def strip(rec):
+        rec["privileged"]["captions"] = []
+        return rec
+
+    ds.map(strip, features=ds.features).save_to_disk(str(bare))
+    kw = dict(min_pixels=84 * 84, max_pixels=84 * 84)
+    preset = ROOT / "dopd_vlm" / "presets" / "tiny_dopd.yaml"
+
+    def cfg(data, out):
+        return load_config(TrainConfig, preset, [
+            f"model.model_name_or_path={tiny_ckpt('qwen2_5_vl', seed=1, **kw)}",
+            f"model.teacher_model_name_or_path={tiny_ckpt('qwen2_5_vl', seed=2, layers=3, **kw)}",
+            f"data.dataset_path={data}", f"run.output_dir={out}", "data.privileged_kinds=[captions]",
+            "prompts_per_step=2", "num_generations=2", "max_new_tokens=4", "max_steps=1", "data.shuffle=false",
+            "run.sample_every=1"])
+
+    with pytest.raises(EmptyPrivilegeError, match="empty in 4 of 4 rows"):
+        train(cfg(bare, tmp_path / "refused"))
+    annotated = tmp_path / "annotated"
+    assert main(_annotate(server, bare, annotated, "--kind", "captions", "--recheck", "off",
+                          "--leak-policy", "keep")) == 0
+    data = load_from_disk(str(annotated))["train"]
+    assert len(data) == 4 and all(r["meta"]["privileged_kinds"] == ["captions"] for r in data)
+    summary = json.loads((annotated / "build_summary.json").read_text())["splits"][0]
+    assert summary["privileged_empty"]["empty_all"] == 0
+    out = tmp_path / "run"
+    train(cfg(annotated, out))
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [s["privileged"] for s in samples] == ["Caption: " + r["privileged"]["captions"][0] for r in data.select([0, 1])]
