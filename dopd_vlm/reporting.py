@@ -16,6 +16,9 @@ REGIME_COLOURS = {
     "LH": "#9ecae1", "LL": "#fdd0a2", "HT": "#fc9272", "HS": "#a1d99b", "ALL": "#dadaeb",
 }
 _EXTRA = ["#bcbddc", "#fdae6b", "#c7e9c0", "#d9d9d9"]
+# Legend names of the DOPD regimes (docs/method.md §4), in the paper's order.
+REGIME_NAMES = {"LH": "LH light teacher", "LL": "LL weak self", "HT": "HT deep teacher", "HS": "HS light self",
+                "ALL": "all tokens"}
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -78,7 +81,8 @@ def plot_metrics(metrics_path: str | Path, out_dir: str | Path, run_name: str | 
     if not rows:
         return []
     keys = sorted({k for r in rows for k in r})
-    regimes = sorted({k.split("/")[1] for k in keys if k.startswith("regime/") and k.endswith("/frac")})
+    found = {k.split("/")[1] for k in keys if k.startswith("regime/") and k.endswith("/frac")}
+    regimes = [g for g in REGIME_NAMES if g in found] + sorted(found - set(REGIME_NAMES))
     panels = [
         ("regime_fractions.png", "token fraction per regime", [f"regime/{g}/frac" for g in regimes]),
         ("regime_losses.png", "mean loss per regime", [f"regime/{g}/loss" for g in regimes]),
@@ -111,8 +115,9 @@ def metric_figure(rows: list[dict], title: str, series_keys: list[str]):
         return None
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
     for k, xs, ys in series:
-        colour = REGIME_COLOURS.get(k.split("/")[1]) if k.startswith("regime/") else None
-        ax.plot(xs, ys, marker="o", ms=3, label=k, color=colour)
+        regime = k.split("/")[1] if k.startswith("regime/") else None
+        label = REGIME_NAMES.get(regime, regime) if regime else k
+        ax.plot(xs, ys, marker="o", ms=3, label=label, color=REGIME_COLOURS.get(regime) if regime else None)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("optimiser step")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers: no 1.5 ticks
