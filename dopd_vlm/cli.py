@@ -15,7 +15,6 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "build": ("data_builders.cli", "build a privileged dataset from a source dataset or local files"),
     "annotate": ("data_builders.annotate", "write privileged information into a built dataset with a model"),
-    "annotate": ("data_builders.annotate", "write privileged information into a built dataset with a model"),
     "export": ("data_builders.export_cli", "export a built dataset to TRL, LLaVA, LLaMA-Factory or qwen-vl-utils messages"),
     "sft": ("dopd_vlm.sft", "supervised fine-tuning (warm-start a student or a teacher)"),
     "train": ("dopd_vlm.train", "on-policy distillation: DOPD and its baselines"),
