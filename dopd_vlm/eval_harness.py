@@ -66,6 +66,34 @@ class HarnessTask:
             raise ValueError(f"task {self.task!r}: harness {self.harness!r}; known: {HARNESSES}")
 
 
+# ----------------------------------------------------------------------------- chat-template options
+def run_chat_template_kwargs(checkpoint: str | Path) -> dict | None:
+    """``model.chat_template_kwargs`` of the training run that wrote ``checkpoint``: the run's
+    ``config.yaml`` in the checkpoint's folder or the one above it (``RUN/checkpoint-000100``), so a
+    checkpoint trained non-thinking is evaluated non-thinking without being told again. None when
+    there is no run config (e.g. a base checkpoint) or it sets no options."""
+    import yaml
+
+    folder = Path(checkpoint)
+    for candidate in (folder / "config.yaml", folder.parent / "config.yaml"):
+        if candidate.is_file():
+            try:
+                data = yaml.safe_load(candidate.read_text())
+            except yaml.YAMLError:
+                return None
+            kwargs = ((data or {}).get("model") or {}).get("chat_template_kwargs") if isinstance(data, dict) else None
+            return dict(kwargs) if isinstance(kwargs, dict) and kwargs else None
+    return None
+
+
+def resolve_chat_template_kwargs(checkpoint: str | Path, given: dict | None) -> dict:
+    """The options a run uses: ``given`` when it was given (``{}`` = explicitly none), else the
+    training run's (``run_chat_template_kwargs``), else none."""
+    if given is not None:
+        return dict(given)
+    return run_chat_template_kwargs(checkpoint) or {}
+
+
 # ----------------------------------------------------------------------------- the local server
 def serve_command(checkpoint: str, port: int, chat_template_kwargs: dict | None = None, dtype: str | None = None,
                   tool_calling: bool = False, max_model_len: int | None = None) -> list[str]:
@@ -302,7 +330,8 @@ def run_checkpoint(checkpoint: str, tasks: list[HarnessTask], run_dir: Path, lim
     result = HarnessResult({}, {}, {})
     if not tasks:
         return result
-    cmd = server_cmd or serve_command(checkpoint, port, chat_template_kwargs, dtype=dtype,
+    cmd = server_cmd or serve_command(checkpoint, port, resolve_chat_template_kwargs(checkpoint, chat_template_kwargs),
+                                      dtype=dtype,
                                       tool_calling=any(t.tool_calling for t in tasks))
     (run_dir / "harness").mkdir(parents=True, exist_ok=True)
     (run_dir / "harness" / "serve.sh").write_text(shlex.join(cmd) + "\n")

@@ -231,7 +231,7 @@ class Suite:
     primary: dict[str, str]  # task -> the metric the table reports
     benchmarks: dict[str, str]  # task -> benchmark name as the paper writes it
     include_path: Path | None
-    chat_template_kwargs: dict
+    chat_template_kwargs: dict | None  # None: the suite sets none (each checkpoint's training run decides)
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -273,12 +273,12 @@ def load_suite(path: str | Path) -> Suite:
                 raise EvalError(f"suite {path}: {e}") from None
         else:
             lmms.append(task)
-    kwargs = suite.get("chat_template_kwargs") or {}
-    if not isinstance(kwargs, dict):
+    kwargs = suite.get("chat_template_kwargs")
+    if kwargs is not None and not isinstance(kwargs, dict):
         raise EvalError(f"suite {path}: chat_template_kwargs must be a mapping, got {kwargs!r}")
     include = suite.get("include_path")
     include_path = (path.parent / include).resolve() if include else None
-    return Suite(path, tasks, lmms, harness, primary, names, include_path, dict(kwargs))
+    return Suite(path, tasks, lmms, harness, primary, names, include_path, None if kwargs is None else dict(kwargs))
 
 
 def read_suite(path: str | Path) -> tuple[list[str], dict[str, str], Path | None]:
@@ -301,7 +301,7 @@ def lmms_eval_command(checkpoint: str, tasks: list[str], run_dir: Path, include_
         model_args.append(f"dtype={dtype}")
     if max_new_tokens is not None:
         model_args.append(f"max_new_tokens={max_new_tokens}")
-    if chat_template_kwargs:  # lmms-eval keeps a braced value together when it splits model_args
+    if chat_template_kwargs is not None:  # lmms-eval keeps a braced value together when it splits model_args
         model_args.append(f"chat_template_kwargs={json.dumps(chat_template_kwargs, separators=(',', ':'))}")
     prefix = shlex.split(launcher) if launcher else [sys.executable]
     cmd = [*prefix, "-m", "lmms_eval", "--model", "dopd_vlm", "--model_args", ",".join(model_args),
@@ -498,7 +498,7 @@ def run_checkpoint_inline(checkpoint: str, label: str, tasks: list[str], out: Pa
     try:
         try:
             lm = DopdVLM(pretrained=checkpoint, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
-                         batch_size=batch_size, chat_template_kwargs=chat_template_kwargs or None)
+                         batch_size=batch_size, chat_template_kwargs=chat_template_kwargs)
             lm.keep_loaded = True  # one model for every task's simple_evaluate (freed below)
         except Exception as e:  # the checkpoint itself is unusable: the whole row fails
             (run_dir / "error.log").write_text(traceback.format_exc())
@@ -978,7 +978,7 @@ def _run(args) -> int:
     primary: dict[str, str] = {}
     harness_tasks: list = []
     benchmarks: dict[str, str] = {}
-    chat_kwargs: dict = {}
+    chat_kwargs: dict | None = None  # None: each checkpoint's training run decides (lmms_model)
     if args.suite and args.tasks:
         raise EvalError("give --tasks or --suite, not both")
     if args.suite:

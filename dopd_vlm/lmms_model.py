@@ -20,7 +20,8 @@ the task's value; lmms-eval hands the task's ``generation_kwargs`` to the model 
 this model arg is where a run-wide budget is set), ``chat_template_kwargs`` (a JSON mapping of
 keyword arguments for the checkpoint's chat template, e.g. ``'{"enable_thinking": false}'`` for
 non-thinking Qwen3, the same mapping as the training config's ``model.chat_template_kwargs``;
-``enable_thinking=false`` is accepted as a shorthand). Batch size comes from lmms-eval's ``--batch_size`` (passing it in ``--model_args``
+``enable_thinking=false`` is accepted as a shorthand; when neither is given, a checkpoint written
+by ``dopd-vlm train``/``sft`` uses its run's ``model.chat_template_kwargs``, and ``{}`` turns that off). Batch size comes from lmms-eval's ``--batch_size`` (passing it in ``--model_args``
 too makes lmms-eval 0.7.3 call the class with ``batch_size`` twice).
 
 This is a chat model (``is_simple = False``): lmms-eval hands it, per request,
@@ -188,7 +189,13 @@ class DopdVLM(lmms):
             raise ValueError(f"dopd_vlm: unknown model_args {sorted(kwargs)}; known: pretrained, device, "
                              "dtype, max_new_tokens, chat_template_kwargs, enable_thinking (batch size: "
                              "lmms-eval's --batch_size)")
-        template_kwargs = parse_chat_template_kwargs(chat_template_kwargs)
+        if chat_template_kwargs is None and enable_thinking is None:
+            # not given: the options the checkpoint was trained with (its run's config.yaml), if any
+            from dopd_vlm.eval_harness import run_chat_template_kwargs
+
+            template_kwargs = run_chat_template_kwargs(pretrained) or {}
+        else:
+            template_kwargs = parse_chat_template_kwargs(chat_template_kwargs)
         if enable_thinking is not None:
             template_kwargs["enable_thinking"] = _as_bool(enable_thinking, "enable_thinking")
         if str(batch_size).startswith("auto"):

@@ -199,3 +199,26 @@ def test_subprocess_command_carries_the_options_through_lmms_eval_parsing(tmp_pa
     args = simple_parse_args_string(cmd[cmd.index("--model_args") + 1])
     assert args["max_new_tokens"] == 2048
     assert parse_chat_template_kwargs(args["chat_template_kwargs"]) == {"enable_thinking": False, "custom": 1}
+
+
+def test_a_trained_checkpoint_is_evaluated_with_its_runs_options(qwen3_ckpt, tmp_path):
+    """No chat-template option given: a checkpoint inside a training run folder uses the run's
+    model.chat_template_kwargs (its config.yaml, as save_config writes it); '{}' turns that off."""
+    from dopd_vlm.config import TrainConfig, load_config, save_config
+    from dopd_vlm.eval_harness import resolve_chat_template_kwargs
+    from dopd_vlm.lmms_model import DopdVLM
+
+    run = tmp_path / "run"
+    ckpt = run / "checkpoint-000010"
+    shutil.copytree(qwen3_ckpt, ckpt)
+    preset = Path(__file__).resolve().parents[2] / "dopd_vlm" / "presets" / "paper_llm_qwen3_8b_to_1p7b.yaml"
+    save_config(load_config(TrainConfig, preset), run / "config.yaml")
+    msgs = [{"role": "user", "content": [{"type": "text", "text": QUESTION}]}]
+    trained = DopdVLM(pretrained=str(ckpt))
+    assert trained.adapter.chat_template_kwargs == {"enable_thinking": False}
+    assert trained.adapter.render_chat(trained.processor, msgs).endswith(NON_THINKING_HEADER)
+    assert DopdVLM(pretrained=str(ckpt), chat_template_kwargs="{}").adapter.chat_template_kwargs == {}
+    assert DopdVLM(pretrained=qwen3_ckpt).adapter.chat_template_kwargs == {}  # no run folder: template defaults
+    # the harness server resolves the same way
+    assert resolve_chat_template_kwargs(ckpt, None) == {"enable_thinking": False}
+    assert resolve_chat_template_kwargs(ckpt, {"enable_thinking": True}) == {"enable_thinking": True}
