@@ -74,10 +74,15 @@ _ITEM_SEP_BY_KIND = {"captions": " ", "hints": "\n", "hints_exec": "\n", "hints_
                      "program": ", "}
 
 
+class UnknownKindError(ValueError):
+    """A privileged kind that does not exist; the CLI prints it as one line."""
+
+
 def canonical_kind(kind: str) -> str:
     k = ALIASES.get(kind, kind)
     if k not in KINDS:
-        raise ValueError(f"unknown privileged kind {kind!r}; known: {KINDS} (aliases {sorted(ALIASES)})")
+        raise UnknownKindError(f"unknown privileged kind {kind!r}; valid kinds: {', '.join(KINDS)} "
+                               f"(aliases: {', '.join(sorted(ALIASES))})")
     return k
 
 

@@ -204,8 +204,9 @@ def test_cli_source_build_options(tmp_path, capsys):
     s = json.loads((out / "build_summary.json").read_text())
     assert s["limit"] == 1 and s["privileged_kinds"] == ["rationale"] and s["splits"][0]["leak"]["dropped"] == 1
     assert "dropped 1" in captured.out
-    with pytest.raises(ValueError, match="unknown privileged kind"):
-        main(["build", "aokvqa", "--source", info["source"], "--out", str(tmp_path / "x"), "--privileged", "boxs"])
+    # a typo in --privileged is one line naming the valid kinds, exit 2 (issue 18)
+    assert main(["build", "aokvqa", "--source", info["source"], "--out", str(tmp_path / "x"), "--privileged", "boxs"]) == 2
+    assert "unknown privileged kind 'boxs'; valid kinds: regions" in capsys.readouterr().err
     assert main(["build", "gsm8k", "--source", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")]) == 1
     assert "not reachable" in capsys.readouterr().err
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no work or temporary folders left
