@@ -137,6 +137,9 @@ class StepRunner:
         """y ~ π_S(·|x) from the plain view [P §6.1], with the HF model or the vLLM engine."""
         rc = self.cfg.rollout
         if self.engine is None:
+            if rc.engine == "vllm":
+                raise ValueError("rollout.engine=vllm but this StepRunner has no vLLM engine; "
+                                 "dopd_vlm.vllm_rollout.attach(runner, optimizer, ...) builds one (train.py does)")
             return sample_rollouts(unwrapped, self.student.processor, self.student.adapter, batch,
                                    rc.num_generations, rc.max_new_tokens, rc.temperature, rc.top_p, rc.top_k,
                                    engine="hf", synced_gpus=self.synced_gpus)
