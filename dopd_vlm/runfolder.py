@@ -296,7 +296,8 @@ class RunFolder:
             raise RunFolderError(
                 f"{self.out}: resuming with a config that differs from the run's {saved_path.name} in keys that "
                 f"change the run: {format_differences(altering)}. Resume with the saved values, or pass "
-                f"run.allow_config_change=true to continue with the new ones (logged in {CHANGES_NAME})")
+                f"run.allow_config_change=true to go on anyway (logged in {CHANGES_NAME}; the optimiser and "
+                f"scheduler state restored from the checkpoint keep their saved learning rates)")
         changes = {**altering, **logged}
         if changes:
             step = None
