@@ -87,7 +87,7 @@ def clear_run(out: str | os.PathLike) -> list[str]:
         is_ckpt = p.is_dir() and (p.name.startswith("checkpoint-") or p.name.startswith(".checkpoint-"))
         if is_ckpt or (p.name in RUN_DIRS and p.is_dir()):
             shutil.rmtree(p)
-        elif p.name in RUN_FILES or p.name == "config.yaml.tmp":
+        elif p.name in RUN_FILES or p.name in {f"{n}.tmp" for n in RUN_FILES}:
             p.unlink()
         else:
             continue
@@ -96,11 +96,11 @@ def clear_run(out: str | os.PathLike) -> list[str]:
 
 
 def remove_stale_temporaries(out: str | os.PathLike) -> list[str]:
-    """Remove ``.checkpoint-N.tmp`` folders (and a half-written ``config.yaml.tmp``) left by a killed
-    process. Only safe while holding the folder's lock."""
+    """Remove ``.checkpoint-N.tmp`` folders (and half-written ``config.yaml.tmp``, ``metrics.jsonl.tmp``,
+    ...) left by a killed process. Only safe while holding the folder's lock."""
     root = Path(out)
     removed = []
-    for p in sorted(root.glob(".checkpoint-*.tmp")) + [root / "config.yaml.tmp"]:
+    for p in sorted(root.glob(".checkpoint-*.tmp")) + [root / f"{n}.tmp" for n in RUN_FILES]:
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         elif p.exists():

@@ -77,7 +77,14 @@ def _sft(cfg: SFTConfig, folder) -> Path:
     from dopd_vlm.collate import collate
     from dopd_vlm.sources import resolve_dataset, resolve_model
     from dopd_vlm.step import trained_logits
-    from dopd_vlm.train import _truncate_jsonl, cosine_with_warmup, data_order, load_policy, make_accelerator, param_groups
+    from dopd_vlm.train import (
+        _truncate_jsonl,
+        cosine_with_warmup,
+        data_order,
+        load_policy,
+        make_accelerator,
+        param_groups,
+    )
 
     out = Path(cfg.run.output_dir)
     acc = make_accelerator(mixed_precision=cfg.run.mixed_precision)

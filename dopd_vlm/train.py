@@ -173,8 +173,18 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
     """On resume, drop lines logged after the checkpoint's step (they will be logged again)."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in keep))
+    lines = path.read_text().splitlines()
+    keep = []
+    for line in lines:
+        try:
+            if line.strip() and json.loads(line)["step"] <= last_step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            pass  # a line cut short by a kill
+    if len(keep) < len(lines):  # atomic: a kill now leaves the old file or the new one (runfolder.py)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------ recipe

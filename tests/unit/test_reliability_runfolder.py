@@ -18,8 +18,14 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from dopd_vlm.config import SFTConfig, TrainConfig, load_config, save_config
-from dopd_vlm.runfolder import (CHANGES_NAME, LOCK_NAME, RunFolder, RunFolderError, config_differences,
-                                run_contents)
+from dopd_vlm.runfolder import (
+    CHANGES_NAME,
+    LOCK_NAME,
+    RunFolder,
+    RunFolderError,
+    config_differences,
+    run_contents,
+)
 
 
 def _cfg(out: Path, *overrides: str, cls=TrainConfig):
@@ -260,3 +266,13 @@ def test_weights_that_are_no_safetensors_are_named_with_the_reason(tmp_path):
     os.replace(zipped, ckpt / "model.safetensors")
     with pytest.raises(AdapterError, match=r"model.safetensors: not a safetensors file \(a zip archive.*refused"):
         _check_safetensors(ckpt)
+
+
+def test_metrics_are_cut_back_to_the_checkpoint_atomically_and_a_cut_line_is_dropped(tmp_path):
+    from dopd_vlm.train import _truncate_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "lo')  # killed mid-line
+    _truncate_jsonl(path, 2)
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]  # no temporary file left
