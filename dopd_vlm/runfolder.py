@@ -319,19 +319,17 @@ class RunFolder:
         self._prev_handler = signal.signal(signal.SIGINT, self._on_sigint)
 
     def _on_sigint(self, signum, frame) -> None:
+        # os.write, not print: the handler may run while the main thread is inside a buffered write
         self._interrupts += 1
         if self._interrupts == 1:
-            sys.stderr.write(f"\n{self.kind}: interrupt: finishing the current step, then saving a checkpoint "
-                             "(press Ctrl-C again to exit at once)\n")
-            sys.stderr.flush()
+            os.write(2, f"\n{self.kind}: interrupt: finishing the current step, then saving a checkpoint "
+                        "(press Ctrl-C again to exit at once)\n".encode())
             return
-        from dopd_vlm.checkpoint import latest_checkpoint
+        from dopd_vlm.checkpoint import CKPT_RE
 
-        last = latest_checkpoint(self.out)
-        sys.stdout.flush()
-        sys.stderr.write(f"{self.kind}: second interrupt: exiting at once; the last complete checkpoint is "
-                         f"{last or 'none'}\n")
-        sys.stderr.flush()
+        done = sorted(p.name for p in self.out.glob("checkpoint-*") if CKPT_RE.match(p.name)) if self.main else []
+        last = self.out / done[-1] if done else "none"
+        os.write(2, f"{self.kind}: second interrupt: exiting at once; the last complete checkpoint is {last}\n".encode())
         os._exit(INTERRUPT_EXIT)
 
     @property

@@ -142,6 +142,29 @@ def test_sft_disk_full_at_a_checkpoint_save_is_one_line_and_keeps_the_previous(t
     assert (out / "checkpoint-000002" / "trainer_state" / "state.json").is_file()
 
 
+def test_sft_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tmp_path, shared):
+    out, log = tmp_path / "run", tmp_path / "run.log"
+    proc = _popen(_sft_args(shared, out, "optim.max_steps=400", "run.save_every=0"), log)
+    try:
+        _wait_for(lambda: len(_metrics(out)) >= 2, proc, what="two sft steps")
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text(errors="replace")
+    assert rc == 130 and "Traceback" not in text, text[-3000:]
+    n = _metrics(out)[-1]["step"]
+    assert [r["step"] for r in _metrics(out)] == list(range(1, n + 1))
+    assert text.strip().splitlines()[-1] == (f"dopd-vlm sft: interrupted after step {n}: saved "
+                                             f"{out / f'checkpoint-{n:06d}'}; continue with run.resume_from=latest")
+    res = _cli(_sft_args(shared, out, "optim.max_steps=400", "run.save_every=0", "run.resume_from=latest",
+                         f"run.stop_after_step={n + 1}"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [r["step"] for r in _metrics(out)] == list(range(1, n + 2))
+    assert (out / f"checkpoint-{n + 1:06d}").is_dir()
+
+
 # ------------------------------------------------------------------------ train: Ctrl-C, lock
 def test_train_ctrl_c_saves_plots_and_html_and_a_second_process_is_refused(tmp_path, shared):
     out, log = tmp_path / "run", tmp_path / "run.log"
