@@ -1,14 +1,16 @@
-"""`dopd-vlm demo --quick` end to end on the shipped warm starts (issue 10 acceptance: <= 3 min)."""
+"""`dopd-vlm demo --quick` end to end on the shipped warm starts (issue 14: <= 2 min on an idle
+2-core CPU; the bound below is generous for a loaded CI box)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 
 import pytest
 
-from dopd_vlm.demo import ASSETS
+from dopd_vlm.demo import ASSETS, MAIN_METHODS
 
 
 @pytest.mark.skipif(not (ASSETS / "teacher" / "config.json").exists(), reason="no shipped demo warm starts")
@@ -16,14 +18,27 @@ def test_demo_quick(tmp_path):
     out = tmp_path / "demo"
     t0 = time.perf_counter()
     res = subprocess.run([sys.executable, "-m", "dopd_vlm.cli", "demo", "--quick", "--out", str(out)],
-                         capture_output=True, text=True, timeout=900)
+                         capture_output=True, text=True, timeout=1200)
     elapsed = time.perf_counter() - t0
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     report = (out / "report" / "report.md").read_text()
-    for row in ("teacher + privileged text", "teacher (plain)", "student (warm start)", "vanilla_opd",
-                "opd_priv_teacher", "| dopd |"):
+    for row in ("majority-class level", "teacher + privileged text", "teacher (plain)", "student (warm start)",
+                *(f"| {m} |" for m in MAIN_METHODS)):
         assert row in report, row
+    # the preconditions are measured and printed before any distillation
+    assert "preconditions (held-out test" in res.stdout
+    for check in ("1. capable teacher", "2. real gap", "4. answers", "5. privilege", "3. distillation works"):
+        assert check in report, check
     assert "| dopd |" in res.stdout  # the table is printed
-    assert (out / "report" / "tokens_dopd.html").exists()
-    assert (out / "report" / "plots_dopd" / "regime_fractions.png").exists()
-    print(f"demo --quick took {elapsed:.0f} s")
+    assert "it/s]" not in res.stderr  # quiet: no progress bars
+    results = json.loads((out / "report" / "results.json").read_text())
+    rows = {r["model"]: r for r in results["rows"]}
+    assert set(MAIN_METHODS) <= set(rows) and results["majority_level"]["accuracy"] > 0
+    for r in rows.values():
+        assert {"overall", "perceivable", "privileged_only", "count_each_color"} <= set(r["mean"])
+    # the shipped warm starts meet preconditions 1, 2, 4 and 5 (3 needs the full run's seeds)
+    assert all(results["preconditions"][k] for k in ("1_capable_teacher", "2_real_gap", "4_long_answers",
+                                                      "5_both_gaps")), results["preconditions"]
+    for f in ("tokens_dopd.html", "entropy.png", "regime_fractions.png", "plots_dopd/regime_fractions.png"):
+        assert (out / "report" / f).exists(), f
+    print(f"demo --quick took {elapsed:.0f} s wall, {results['process_cpu_min']:.1f} min CPU")
