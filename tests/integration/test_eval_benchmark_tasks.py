@@ -1,4 +1,4 @@
-"""The shipped benchmark task folders (eval/tasks/ceval, zebralogic, autologi) run end to end under
+"""The shipped benchmark task folders (eval/tasks/ceval, math500, zebralogic, autologi) run end to end under
 lmms-eval with the dopd_vlm model, offline: each folder is copied with its data source pointed at
 a few local rows in the benchmark's real schema (everything else — prompts, scoring, metrics,
 aggregations — is the shipped YAML and utils.py). A task whose data cannot be read fails alone,
@@ -22,21 +22,22 @@ def _rows():
     m = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(m)
     CEVAL_ROW, ZEBRA_ROW, ZEBRA_HARD, AUTOLOGI_ROW = m.CEVAL_ROW, m.ZEBRA_ROW, m.ZEBRA_HARD, m.AUTOLOGI_ROW
+    math = [m.MATH_ROW, m.MATH_FRAC]
     ceval = [CEVAL_ROW, {**CEVAL_ROW, "id": 1, "answer": "A"}]
     zebra = [ZEBRA_ROW, ZEBRA_HARD]
     autologi = [AUTOLOGI_ROW, {**AUTOLOGI_ROW, "idx": 8}]
-    return ceval, zebra, autologi
+    return ceval, zebra, autologi, math
 
 
 def _local_tasks(root: Path) -> Path:
     """Copies of the shipped task folders whose YAMLs read local JSONL files instead of the Hub."""
-    ceval, zebra, autologi = _rows()
+    ceval, zebra, autologi, math = _rows()
     tasks = root / "tasks"
-    for name in ("ceval", "zebralogic", "autologi"):
+    for name in ("ceval", "zebralogic", "autologi", "math500"):
         shutil.copytree(REPO / "eval" / "tasks" / name, tasks / name)
     data = root / "data"
     data.mkdir()
-    for name, rows in (("ceval", ceval), ("zebralogic", zebra), ("autologi", autologi)):
+    for name, rows in (("ceval", ceval), ("zebralogic", zebra), ("autologi", autologi), ("math500", math)):
         (data / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     # C-Eval: keep one subject (the group needs all 52); its template still sets split, prompt, scoring
     for p in (tasks / "ceval").glob("ceval_valid*.yaml"):
@@ -48,6 +49,9 @@ def _local_tasks(root: Path) -> Path:
     zy = tasks / "zebralogic" / "zebralogic.yaml"
     zy.write_text(zy.read_text().replace("dataset_path: allenai/ZebraLogicBench-private\ndataset_name: grid_mode\n",
                                          f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data / 'zebralogic.jsonl'}\n"))
+    my = tasks / "math500" / "math500.yaml"
+    my.write_text(my.read_text().replace("dataset_path: HuggingFaceH4/MATH-500\n",
+                                         f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data / 'math500.jsonl'}\n"))
     for lang, path in (("en", data / "autologi.jsonl"), ("cn", root / "missing" / "AutoLogi_cn.jsonl")):
         y = tasks / "autologi" / f"autologi_{lang}.yaml"
         text = y.read_text()
@@ -60,7 +64,7 @@ def test_benchmark_tasks_run_under_lmms_eval(tmp_path, tiny_ckpt):
     from dopd_vlm.evaluate import evaluate
 
     tasks = _local_tasks(tmp_path)
-    names = ["ceval_valid_logic", "zebralogic", "autologi_en", "autologi_cn"]
+    names = ["ceval_valid_logic", "math500", "zebralogic", "autologi_en", "autologi_cn"]
     results, paths = evaluate([tiny_ckpt("qwen3")], names, tmp_path / "out", include_path=str(tasks), limit=2,
                               labels=["student"], batch_size=2, max_new_tokens=8,
                               chat_template_kwargs={"enable_thinking": False})
@@ -73,7 +77,8 @@ def test_benchmark_tasks_run_under_lmms_eval(tmp_path, tiny_ckpt):
     assert set(r.metrics["ceval_valid_logic"]) == {"accuracy"}
     assert set(r.metrics["zebralogic"]) == {"puzzle_acc", "cell_acc", "easy_puzzle_acc", "hard_puzzle_acc", "no_answer"}
     assert set(r.metrics["autologi_en"]) == {"accuracy", "extraction_failed"}
-    for task in ("ceval_valid_logic", "zebralogic", "autologi_en"):
+    assert set(r.metrics["math500"]) == {"exact_match", "accuracy_level_1", "accuracy_level_2"}
+    for task in ("ceval_valid_logic", "math500", "zebralogic", "autologi_en"):
         assert r.counts[task] == 2, (task, r.counts)
         assert all(0.0 <= v <= 1.0 for v in r.metrics[task].values() if v == v)
     # the random tiny model writes no parsable ZebraLogic JSON: no answers, nothing solved
@@ -87,3 +92,17 @@ def test_benchmark_tasks_run_under_lmms_eval(tmp_path, tiny_ckpt):
     samples = [json.loads(x) for x in (tmp_path / "out" / "runs" / "student" / "samples_ceval_valid_logic.jsonl")
                .read_text().splitlines()]
     assert len(samples) == 2 and samples[0]["target"] == "B"
+
+
+def test_lmms_eval_aime25_scores_boxed_integer_answers_without_a_judge(monkeypatch):
+    """AIME25 runs on lmms-eval's own aime25_nofigures: its scoring needs no GPT judge for integer
+    answers (checked on simplescaling/aime25_nofigures-style rows: problem, answer, solution)."""
+    from lmms_eval.tasks.aime import utils as aime
+
+    monkeypatch.delenv("PROCESSOR", raising=False)
+    doc = {"problem": "Find the sum of all integer bases $b>9$ for which $17_b$ is a divisor of $97_b$.",
+           "answer": "70", "solution": ""}
+    cot = "Writing $17_b = b+7$ and $97_b = 9b+7$, we need $b+7 \\mid 56$, so $b = 21$ or $49$; the sum is $\\boxed{70}$."
+    assert aime.process_results(doc, [cot])["exact_match"] == 1
+    assert aime.process_results(doc, ["\\boxed{070}"])["exact_match"] == 1
+    assert aime.process_results(doc, ["so the sum is \\boxed{56}"])["exact_match"] == 0

@@ -64,6 +64,34 @@ def test_ceval_configs_cover_the_52_subjects():
     assert group["aggregate_metric_list"][0] == {"metric": "accuracy", "aggregation": "mean", "weight_by_size": True}
 
 
+# ------------------------------------------------------------------------------------------ MATH500
+# HuggingFaceH4/MATH-500, split test: problem, solution, answer, subject, level, unique_id
+MATH_ROW = {"problem": "Convert the point $(0,3)$ in rectangular coordinates to polar coordinates.  Enter your "
+                       "answer in the form $(r,\\theta),$ where $r > 0$ and $0 \\le \\theta < 2 \\pi.$",
+            "solution": "We have that $r = \\sqrt{0^2 + 3^2} = 3.$ ... \\[\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}.\\]",
+            "answer": "\\left( 3, \\frac{\\pi}{2} \\right)", "subject": "Precalculus", "level": 2,
+            "unique_id": "test/precalculus/807.json"}
+MATH_FRAC = {**MATH_ROW, "problem": "What is $\\frac{1}{4}+\\frac{1}{4}$?", "answer": "\\frac{1}{2}", "level": 1,
+             "unique_id": "test/prealgebra/1.json"}
+
+
+def test_math500_rule_based_equivalence():
+    U = _utils("math500")
+    assert U.doc_to_text(MATH_ROW).endswith("put your final answer within \\boxed{}.")
+    cot = ("The point $(0,3)$ lies on the positive $y$-axis, so $r = 3$ and $\\theta = \\frac{\\pi}{2}$.\n\n"
+           "Therefore the polar coordinates are $\\boxed{(3, \\frac{\\pi}{2})}$.")
+    assert U.process_results(MATH_ROW, [cot]) == {"exact_match": 1.0, "accuracy_level_2": 1.0}
+    assert U.process_results(MATH_ROW, ["... so the answer is $\\boxed{(3, \\pi)}$."])["exact_match"] == 0.0
+    for reply in ("We add: 1/4 + 1/4 = 2/4 = \\boxed{\\dfrac12}", "\\boxed{0.5}", "The answer is: 1/2",
+                  "First \\boxed{\\frac{1}{4}}, then doubling gives \\boxed{\\frac{2}{4}} = \\boxed{\\frac{1}{2}}"):
+        assert U.process_results(MATH_FRAC, [reply])["exact_match"] == 1.0, reply
+    assert U.process_results(MATH_FRAC, ["I think it is 2/4 but not sure."])["exact_match"] == 0.0  # no stated answer
+    for a, b, same in [("x = 5", "5", True), ("10\\%", "10", True), ("90^\\circ", "90", True), ("1,000", "1000", True),
+                       ("\\$18.90", "18.90", True), ("5 \\text{ cm}", "5", True), ("-\\frac{3}{4}", "-0.75", True),
+                       ("\\text{(C)}", "(C)", True), ("3\\sqrt3", "3\\sqrt{3}", True), ("7", "8", False)]:
+        assert U.is_equiv(a, b) is same, (a, b)
+
+
 # -------------------------------------------------------------------------------------- ZebraLogic
 # allenai/ZebraLogicBench-private, grid_mode/test: id, size, puzzle, solution {header, rows}, created_at
 ZEBRA_ROW = {
@@ -157,7 +185,7 @@ def test_paper_llm_suite_is_the_papers_eight():
     suite = E.load_suite(REPO / "eval" / "suites" / "paper_llm.yaml")
     assert list(suite.benchmarks.values()) == ["C-Eval", "LiveBench", "MATH500", "AIME25", "ZebraLogic", "AutoLogi",
                                                "BFCLv3", "LiveCodeBench v5"]
-    assert suite.lmms_tasks == ["ceval_valid", "openai_math", "aime25_nofigures", "zebralogic", "autologi"]
+    assert suite.lmms_tasks == ["ceval_valid", "math500", "aime25_nofigures", "zebralogic", "autologi"]
     harness = {t.task: t for t in suite.harness_tasks}
     assert {t: (h.harness, h.dataset) for t, h in harness.items()} == {
         "livebench": ("livebench", "live_bench"), "bfcl_v3": ("evalscope", "bfcl_v3"),
