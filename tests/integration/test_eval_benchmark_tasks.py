@@ -39,13 +39,20 @@ def _local_tasks(root: Path) -> Path:
     data.mkdir()
     for name, rows in (("ceval", ceval), ("zebralogic", zebra), ("autologi", autologi), ("math500", math)):
         (data / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    # C-Eval: keep one subject (the group needs all 52); its template still sets split, prompt, scoring
-    for p in (tasks / "ceval").glob("ceval_valid*.yaml"):
-        if p.name != "ceval_valid_logic.yaml":
+    # C-Eval: keep two subjects and the shipped group restricted to them (the shipped template still
+    # sets split, prompt and scoring; the group its question-weighted aggregate)
+    keep = ("ceval_valid_logic", "ceval_valid_law")
+    for p in (tasks / "ceval").glob("ceval_valid_*.yaml"):
+        if p.stem not in keep:
             p.unlink()
-    logic = tasks / "ceval" / "ceval_valid_logic.yaml"
-    logic.write_text(logic.read_text().replace("dataset_name: logic\n", "dataset_path: json\n"
-                                               f"dataset_kwargs:\n  data_files:\n    val: {data / 'ceval.jsonl'}\n"))
+    for name in keep:
+        y = tasks / "ceval" / f"{name}.yaml"
+        subject = name.removeprefix("ceval_valid_")
+        y.write_text(y.read_text().replace(f"dataset_name: {subject}\n", "dataset_path: json\n"
+                                           f"dataset_kwargs:\n  data_files:\n    val: {data / 'ceval.jsonl'}\n"))
+    group = tasks / "ceval" / "ceval_valid.yaml"
+    lines = [ln for ln in group.read_text().splitlines() if not ln.startswith("  - ceval_valid_") or ln[4:] in keep]
+    group.write_text("\n".join(lines) + "\n")
     zy = tasks / "zebralogic" / "zebralogic.yaml"
     zy.write_text(zy.read_text().replace("dataset_path: allenai/ZebraLogicBench-private\ndataset_name: grid_mode\n",
                                          f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data / 'zebralogic.jsonl'}\n"))
@@ -64,7 +71,7 @@ def test_benchmark_tasks_run_under_lmms_eval(tmp_path, tiny_ckpt):
     from dopd_vlm.evaluate import evaluate
 
     tasks = _local_tasks(tmp_path)
-    names = ["ceval_valid_logic", "math500", "zebralogic", "autologi_en", "autologi_cn"]
+    names = ["ceval_valid", "math500", "zebralogic", "autologi_en", "autologi_cn"]
     results, paths = evaluate([tiny_ckpt("qwen3")], names, tmp_path / "out", include_path=str(tasks), limit=2,
                               labels=["student"], batch_size=2, max_new_tokens=8,
                               chat_template_kwargs={"enable_thinking": False})
@@ -74,17 +81,17 @@ def test_benchmark_tasks_run_under_lmms_eval(tmp_path, tiny_ckpt):
     assert r.task_errors["autologi_cn"].startswith("task autologi_cn (dataset json (")
     assert "AutoLogi_cn.jsonl" in r.task_errors["autologi_cn"]
     assert r.status == "partial" and r.error is None
-    assert set(r.metrics["ceval_valid_logic"]) == {"accuracy"}
+    assert "accuracy" in r.metrics["ceval_valid"] and r.counts["ceval_valid"] == 4  # 2 subjects x 2
     assert set(r.metrics["zebralogic"]) == {"puzzle_acc", "cell_acc", "easy_puzzle_acc", "hard_puzzle_acc", "no_answer"}
     assert set(r.metrics["autologi_en"]) == {"accuracy", "extraction_failed"}
     assert set(r.metrics["math500"]) == {"exact_match", "accuracy_level_1", "accuracy_level_2"}
-    for task in ("ceval_valid_logic", "math500", "zebralogic", "autologi_en"):
+    for task in ("math500", "zebralogic", "autologi_en"):
         assert r.counts[task] == 2, (task, r.counts)
         assert all(0.0 <= v <= 1.0 for v in r.metrics[task].values() if v == v)
     # the random tiny model writes no parsable ZebraLogic JSON: no answers, nothing solved
     assert r.metrics["zebralogic"]["no_answer"] == 1.0 and r.metrics["zebralogic"]["puzzle_acc"] == 0.0
     md = paths["md"].read_text()
-    assert "`--limit 2`" in md and "ceval_valid_logic/accuracy (n=2)" in md
+    assert "`--limit 2`" in md and "ceval_valid/accuracy (n=4)" in md
     assert "| student | partial |" in md and "task autologi_cn (dataset json" in md
     row = next(csv.DictReader(open(paths["csv"])))
     assert row["zebralogic/n"] == "2" and row["limit"] == "2" and row["autologi_cn/result"] == "FAILED"
