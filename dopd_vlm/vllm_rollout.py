@@ -20,7 +20,10 @@ Two engines, one interface (``push(hf_model)``, ``sample(batch, ...) -> Rollouts
     A vLLM OpenAI-compatible server elsewhere, started with ``VLLM_SERVER_DEV_MODE=1`` (its
     ``/collective_rpc`` and cache-reset endpoints). Each push writes a safetensors folder to
     ``rollout.server_weights_dir`` (which the server must see) and asks the server to reload it.
-    At start it checks the server serves ``rollout.server_model``.
+    At start it checks the server serves ``rollout.server_model``. Text prompts go to
+    ``/v1/completions`` as token ids; prompts with images to ``/v1/chat/completions`` as the
+    rendered text (a pass-through chat template, so the server needs
+    ``--trust-request-chat-template``) plus the images as lossless PNG data URLs.
 
 Prompts reach vLLM as the trained forward sees them: text-only prompts as the very token ids of
 the HF batch; prompts with images as the rendered text plus the same PIL images, which vLLM runs
@@ -335,7 +338,9 @@ class ServerEngine:
                 text = resp.read().decode()
         except urllib.error.HTTPError as e:
             detail = e.read().decode(errors="replace")[:300]
-            hint = " (start the server with VLLM_SERVER_DEV_MODE=1)" if e.code == 404 else ""
+            hint = (" (start the server with VLLM_SERVER_DEV_MODE=1)" if e.code == 404 else
+                    " (prompts with images need the server flag --trust-request-chat-template)"
+                    if "trust-request-chat-template" in detail else "")
             raise VLLMRolloutError(f"{method} {self.url}{path}: HTTP {e.code}{hint}: {detail}") from e
         except (urllib.error.URLError, OSError) as e:
             raise VLLMRolloutError(f"{method} {self.url}{path}: {e}") from e
@@ -398,6 +403,9 @@ class ServerEngine:
             text = batch.texts[i] if batch.texts else ""
             got_prompt, comps = self._complete(ids, text, images, G, max_new_tokens, temperature, top_p, top_k,
                                                eos_ids, batch.placeholder_ids, return_logprobs)
+            if got_prompt is None:
+                raise VLLMRolloutError("the server returned no prompt token ids (needs vLLM >= 0.10: return_token_ids); "
+                                       "without them the prompts cannot be checked")
             got.append(got_prompt)
             if len(comps) != G:
                 raise VLLMRolloutError(f"the server returned {len(comps)} completions for prompt {i}, expected {G}")

@@ -4,7 +4,8 @@ A tiny DOPD run with ``rollout.engine=vllm`` changes the student's weights every
 push into the colocated engine, the log-probs vLLM gives a fixed prompt must match the trainer's
 own HF forward of the same tokens, for a text LLM with tied embeddings (Qwen3) and a Qwen-VL
 model with images and a trained vision tower (the encoder cache must be reset). Server mode runs
-once against a vLLM server this test starts on 127.0.0.1 and stops by its pid.
+once (Qwen3-VL, image and text prompts) against a vLLM server this test starts on 127.0.0.1 and
+stops by its pid.
 """
 
 from __future__ import annotations
@@ -164,10 +165,12 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 
 
 
 def test_server_mode_training_pushes_through_the_reload_endpoint(tmp_path):
+    """Qwen3-VL through a server: prompts with images go to the chat endpoint, a text-only one
+    (the probe below) to the completions endpoint; both must follow the pushed weights."""
     from dopd_vlm.sources import resolve_model
     from dopd_vlm.train import train
 
-    student = resolve_model(f"tiny:qwen3?size={SIZE}&seed=1", tmp_path / "models")
+    student = resolve_model(f"tiny:qwen3_vl?size={SIZE}&seed=1", tmp_path / "models")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
@@ -175,7 +178,7 @@ def test_server_mode_training_pushes_through_the_reload_endpoint(tmp_path):
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server runs its engine as it normally does
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", student, "--host", "127.0.0.1",
            "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", "2048",
-           "--worker-extension-cls", vr.WEIGHT_SYNC]
+           "--worker-extension-cls", vr.WEIGHT_SYNC, "--trust-request-chat-template"]
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
@@ -183,11 +186,11 @@ def test_server_mode_training_pushes_through_the_reload_endpoint(tmp_path):
         with pytest.raises(vr.VLLMRolloutError, match="not the expected model"):
             vr.ServerEngine(url, "some/other-model", tmp_path / "w")
 
-        cfg = tiny_cfg(tmp_path, "qwen3", **{"model.model_name_or_path": student, "rollout.server_url": url})
+        cfg = tiny_cfg(tmp_path, "qwen3_vl", **{"model.model_name_or_path": student, "rollout.server_url": url})
         final = train(cfg)
         metrics = read_metrics(Path(cfg.run.output_dir))
         assert len(metrics) == cfg.optim.max_steps
-        for m in metrics:
+        for m in metrics:  # image prompts, sampled by the server, scored by the trainer
             assert m["rollout/logprob_max_abs_diff"] < TOL, m
         assert all("rollout/push_s" in m for m in metrics[1:])
         assert (Path(cfg.run.output_dir) / "rollout_weights" / "model.safetensors").is_file()
@@ -196,11 +199,13 @@ def test_server_mode_training_pushes_through_the_reload_endpoint(tmp_path):
         engine = vr.ServerEngine(url, student, tmp_path / "unused")
         adapter = get_adapter(str(final))
         processor = adapter.load_processor(str(final))
-        batch = collate([probe_record("qwen3")], processor, adapter, views=("plain",))["plain"]
         final_model = adapter.load_model(str(final))
         start_model = adapter.load_model(student)
-        assert vr.probe(engine, final_model, processor, adapter, batch)["rollout/logprob_max_abs_diff"] < TOL
-        assert vr.probe(engine, start_model, processor, adapter, batch)["rollout/logprob_max_abs_diff"] > 20 * TOL
+        text_only = {**probe_record("qwen3"), "id": "probe/default/train/1"}
+        for rec in (probe_record("qwen3_vl"), text_only):
+            batch = collate([rec], processor, adapter, views=("plain",))["plain"]
+            assert vr.probe(engine, final_model, processor, adapter, batch)["rollout/logprob_max_abs_diff"] < TOL
+            assert vr.probe(engine, start_model, processor, adapter, batch)["rollout/logprob_max_abs_diff"] > 20 * TOL
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
