@@ -166,11 +166,17 @@ class RunFolder:
         self.stopped_at: int | None = None
         self._lock_fd: int | None = None
         self._created = False  # this process made the folder: a failed start leaves nothing behind
+        self._opened = False
         self._interrupts = 0
         self._prev_handler = None
 
     # -- context
     def __enter__(self) -> RunFolder:
+        """A single process locks and checks the folder here, before the heavy imports and model
+        loading of the command, so that a refusal comes at once; under DDP ``open(accelerator)``
+        does it (the ranks need the process group to agree)."""
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            self.open(install_sigint=False)
         return self
 
     def __exit__(self, *exc) -> bool:
@@ -201,6 +207,10 @@ class RunFolder:
     def open(self, accelerator=None, install_sigint: bool = True) -> RunFolder:
         """Lock the folder and check it against the config (main process); every rank raises the
         same ``RunFolderError`` if that failed. Installs the Ctrl-C handler."""
+        if self._opened:  # locked and checked on entry (single process): only the handler is left
+            if install_sigint:
+                self._install_sigint()
+            return self
         self.main = accelerator is None or accelerator.is_main_process
         error = ""
         if self.main:
@@ -213,6 +223,7 @@ class RunFolder:
         if error:
             self.close()
             raise RunFolderError(error)
+        self._opened = True
         if install_sigint:
             self._install_sigint()
         return self
@@ -314,7 +325,7 @@ class RunFolder:
 
     # -- Ctrl-C
     def _install_sigint(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
+        if threading.current_thread() is not threading.main_thread() or self._prev_handler is not None:
             return
         self._prev_handler = signal.signal(signal.SIGINT, self._on_sigint)
 
