@@ -219,6 +219,11 @@ class RunFolder:
                 self.check()
             except RunFolderError as e:
                 error = str(e)
+            except OSError as e:  # the folder cannot be made, locked or read: one line, like the rest
+                error = f"{e.filename or self.out}: cannot use as run.output_dir ({e.strerror or e})"
+            except BaseException:
+                self.close()
+                raise
         error = _same_on_all_ranks(error, accelerator)
         if error:
             self.close()

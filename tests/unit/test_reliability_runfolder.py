@@ -276,3 +276,10 @@ def test_metrics_are_cut_back_to_the_checkpoint_atomically_and_a_cut_line_is_dro
     _truncate_jsonl(path, 2)
     assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]  # no temporary file left
+
+
+def test_an_output_dir_that_cannot_be_made_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(RunFolderError, match=r"file/run: cannot use as run.output_dir \(Not a directory\)"):
+        RunFolder(_cfg(blocker / "run"), "train").open(install_sigint=False)
