@@ -261,9 +261,11 @@ def rollouts_vllm(student, B: int, prompt_len: int, R: int, repeats: int, out_di
         path = out_dir / "student_ckpt"
         student.save_pretrained(path)
         cuda = torch.cuda.is_available()
+        if not cuda:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; as dopd_vlm.vllm_rollout on CPU
         llm = LLM(model=str(path), skip_tokenizer_init=True, dtype="bfloat16" if cuda else "float32",
                   max_model_len=prompt_len + R + 16, seed=0, distributed_executor_backend="uni",
-                  worker_extension_cls=WEIGHT_SYNC, enforce_eager=not cuda,
+                  worker_extension_cls=WEIGHT_SYNC, enforce_eager=not cuda, language_model_only=True,
                   **({"gpu_memory_utilization": 0.3} if cuda else {}))
         vocab = student.config.text_config.vocab_size
         g = torch.Generator().manual_seed(0)
