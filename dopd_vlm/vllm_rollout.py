@@ -275,7 +275,7 @@ class ColocatedEngine:
         vllm = import_vllm()
         # One engine per training process: alone, vLLM's in-process "uni" executor; under torchrun /
         # accelerate, "external_launcher" (each rank its own tensor-parallel-1 engine, as TRL's
-        # colocate mode does; not exercised by this repository's tests)
+        # colocate mode does; tested with 2 CPU processes, not yet on GPUs)
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1
         kwargs = dict(model=str(model_path), dtype=dtype, seed=seed, trust_remote_code=trust_remote_code,

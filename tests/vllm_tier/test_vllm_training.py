@@ -142,6 +142,28 @@ def test_probe_detects_weights_that_were_not_pushed(tmp_path):
     assert vr.probe(engine, model, processor, adapter, batch)["rollout/logprob_max_abs_diff"] < TOL
 
 
+def test_two_process_ddp_each_rank_owns_an_engine(tmp_path):
+    """``accelerate launch`` with 2 CPU processes: each rank builds its own colocated engine (vLLM's
+    external_launcher), pushes after every step, and the DDP replicas stay equal (checked at save)."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "dopd_vlm.train", str(PRESET),
+           f"model.model_name_or_path=tiny:qwen3_vl?size={SIZE}&seed=1",
+           f"model.teacher_model_name_or_path=tiny:qwen3_vl?size={SIZE}&seed=2&layers=3",
+           "data.dataset_path=synthetic:grid?n=8&seed=0", f"run.output_dir={out}", "prompts_per_step=2",
+           "num_generations=2", "max_new_tokens=4", "max_steps=2", "run.plots=false", "rollout.engine=vllm"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=500, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (res.stdout + res.stderr).count("Using external launcher") == 2  # one engine per rank
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    for m in rows:
+        assert m["rollout/logprob_max_abs_diff"] < TOL, m
+    assert (out / "checkpoint-000002" / "model.safetensors").exists()
+
+
 # ------------------------------------------------------------------------------------- server mode
 def _free_port() -> int:
     with socket.socket() as s:
