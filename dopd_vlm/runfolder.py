@@ -167,6 +167,7 @@ class RunFolder:
         self._lock_fd: int | None = None
         self._created = False  # this process made the folder: a failed start leaves nothing behind
         self._opened = False
+        self.accepted: dict[str, tuple[Any, Any]] = {}  # run-altering changes allowed on resume
         self._interrupts = 0
         self._prev_handler = None
 
@@ -312,8 +313,8 @@ class RunFolder:
             raise RunFolderError(
                 f"{self.out}: resuming with a config that differs from the run's {saved_path.name} in keys that "
                 f"change the run: {format_differences(altering)}. Resume with the saved values, or pass "
-                f"run.allow_config_change=true to go on anyway (logged in {CHANGES_NAME}; the optimiser and "
-                f"scheduler state restored from the checkpoint keep their saved learning rates)")
+                f"run.allow_config_change=true to go on with the new ones (logged in {CHANGES_NAME})")
+        self.accepted = dict(altering)
         changes = {**altering, **logged}
         if changes:
             step = None
@@ -327,6 +328,28 @@ class RunFolder:
                 fh.write(json.dumps(entry) + "\n")
             print(f"{self.kind}: config changed on resume (logged in {self.out / CHANGES_NAME}): "
                   f"{format_differences(changes)}", file=sys.stderr)
+
+    def load_state(self, load_trainer_state, ckpt, optimizer, scheduler):
+        """``load_trainer_state(ckpt, optimizer, scheduler)``; after an accepted change of an
+        optimiser key (``run.allow_config_change``), the new learning rates, betas and weight decay
+        replace the saved ones (the optimiser state would restore them), the schedule's position
+        kept. Without such a change the restored state is left bit for bit as saved."""
+        fresh = [{k: g[k] for k in ("lr", "betas", "weight_decay") if k in g} for g in optimizer.param_groups]
+        state = load_trainer_state(ckpt, optimizer, scheduler)
+        changed = {k for k in self.accepted if k.startswith("optim.") or k == "model.vision_lr_scale"}
+        if changed and len(fresh) == len(optimizer.param_groups):
+            inner = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps the LambdaLR
+            base = [f["lr"] for f in fresh]
+            for g, f in zip(optimizer.param_groups, fresh):
+                g.update({k: v for k, v in f.items() if k != "lr"}, initial_lr=f["lr"])
+            inner.base_lrs = base
+            lrs = [b * lam(inner.last_epoch) for b, lam in zip(base, inner.lr_lambdas)]
+            for g, lr in zip(optimizer.param_groups, lrs):
+                g["lr"] = lr
+            inner._last_lr = lrs
+            print(f"{self.kind}: optimiser hyperparameters from the new config ({', '.join(sorted(changed))}); "
+                  f"learning rates now {lrs}", file=sys.stderr)
+        return state
 
     # -- Ctrl-C
     def _install_sigint(self) -> None:

@@ -120,7 +120,7 @@ def _sft(cfg: SFTConfig, folder) -> Path:
     unwrapped = acc.unwrap_model(model)
     state = TrainerState(step=0, samples_seen=0, extra={})
     if resume_ckpt is not None:
-        state = load_trainer_state(resume_ckpt, opt, sched)
+        state = folder.load_state(load_trainer_state, resume_ckpt, opt, sched)
         acc.print(f"resumed from {resume_ckpt} at step {state.step}")
     tok = pol.adapter.tokenizer(pol.processor)
     eos_id = pol.adapter.eos_token_ids(unwrapped, pol.processor)[0]

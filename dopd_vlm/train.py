@@ -293,7 +293,7 @@ def _train(cfg: TrainConfig, folder) -> Path:
     # ---- resume (the student's weights were loaded from the checkpoint itself, above)
     state = TrainerState(step=0, samples_seen=0, extra={})
     if resume_ckpt is not None:
-        state = load_trainer_state(resume_ckpt, optimizer, scheduler)
+        state = folder.load_state(load_trainer_state, resume_ckpt, optimizer, scheduler)
         accelerator.print(f"resumed from {resume_ckpt} at step {state.step}")
 
     if accelerator.is_main_process:

@@ -263,6 +263,10 @@ def test_train_fresh_run_changed_config_and_overwrite(tmp_path, shared):
     assert [r["step"] for r in _metrics(out)] == [1, 2]
     (entry,) = [json.loads(line) for line in (out / CHANGES_NAME).read_text().splitlines()]
     assert entry["changes"] == {"optim.lr": {"saved": 0.001, "now": 0.002}} and entry["step"] == 1
+    # the accepted lr is the one the run follows (the restored optimiser state would bring back 0.001)
+    sched = torch.load(out / "checkpoint-000002" / "trainer_state" / "scheduler.pt", weights_only=True)
+    opt = torch.load(out / "checkpoint-000002" / "trainer_state" / "optimizer.pt", weights_only=True)
+    assert sched["base_lrs"] == [0.002] and [g["initial_lr"] for g in opt["param_groups"]] == [0.002]
     # overwrite: the earlier run is gone before the new one starts
     train(cfg("max_steps=1", "run.overwrite=true"))
     assert [r["step"] for r in _metrics(out)] == [1]
