@@ -354,6 +354,12 @@ class ModelConfig:
                 raise ValueError(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
         if self.vision_lr_scale < 0:
             raise ValueError(f"vision_lr_scale must be >= 0, got {self.vision_lr_scale}")
+        # YAML here reads yes/no/on/off as text (module docstring); a chat template tests
+        # `enable_thinking is false`, so the string "no" would silently leave thinking on
+        for k, v in self.chat_template_kwargs.items():
+            if isinstance(v, str) and v.strip().lower() in ("yes", "no", "on", "off", "y", "n", "true", "false"):
+                raise ValueError(f"chat_template_kwargs.{k}: {v!r} is text, not a boolean (a chat template "
+                                 f"would read any text as true); write {k}: true or {k}: false")
 
 
 @dataclass

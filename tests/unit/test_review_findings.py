@@ -1,0 +1,19 @@
+"""Regression tests for bugs found in the review of issues 13, 16, 17 and 18 (one test per bug)."""
+
+import pytest
+
+from dopd_vlm import config as c
+
+
+@pytest.mark.parametrize("word", ["no", "off", "No", "yes"])
+def test_chat_template_kwargs_refuses_yes_no_text(tmp_path, word):
+    # The project's YAML keeps yes/no/on/off as text; Qwen3's template tests `enable_thinking is
+    # false`, so {enable_thinking: no} used to train (and evaluate) in thinking mode without a word.
+    with pytest.raises(c.ConfigError, match="enable_thinking"):
+        c.load_config(c.TrainConfig, None, [f"model.chat_template_kwargs={{enable_thinking: {word}}}"])
+    p = tmp_path / "cfg.yaml"
+    p.write_text(f"model:\n  chat_template_kwargs:\n    enable_thinking: {word}\n")
+    with pytest.raises(c.ConfigError, match="enable_thinking"):
+        c.load_config(c.SFTConfig, p)
+    ok = c.load_config(c.TrainConfig, None, ["model.chat_template_kwargs={enable_thinking: false}"])
+    assert ok.model.chat_template_kwargs == {"enable_thinking": False}
