@@ -125,9 +125,6 @@ class WeightSync:
         head.quant_method.process_weights_after_loading(head)  # rebuilds the CPU kernel's packed copy
         return 1
 
-    def dopd_weight_checksum(self) -> float:
-        """Sum of all parameters (a cheap check that a push arrived)."""
-        return float(sum(p.detach().double().sum() for p in self.model_runner.get_model().parameters()))
 
 
 # ------------------------------------------------------------------------------------- prompts
@@ -253,6 +250,36 @@ def probe(engine, hf_model, processor, adapter, batch, max_new_tokens: int = 8) 
     finally:
         hf_model.train(was_training)
     return logprob_mismatch(r.logprobs_B_R, token_logprobs(logits_B_R_V, ids_B_R), mask_B_R)
+
+
+def prompt_probe(llm, hf_model, adapter, batch) -> tuple[dict, list[torch.Tensor]]:
+    """Teacher-forced check of a colocated engine: the log-probs vLLM gives the prompt tokens of
+    ``batch`` (``prompt_logprobs``, raw) against the HF model's forward of the same tokens.
+    Returns ``(logprob_mismatch, vLLM's per-row log-probs)``; deterministic, so any weight change
+    moves the second."""
+    from vllm import SamplingParams
+
+    ids = _prompt_ids(batch)
+    outs = llm.generate(vllm_prompts(batch), SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False),
+                        use_tqdm=False)
+    check_prompt_ids(ids, [o.prompt_token_ids for o in outs])
+    v_rows = [torch.tensor([d[t].logprob for d, t in zip(o.prompt_logprobs[1:], r[1:])]) for o, r in zip(outs, ids)]
+    was_training = hf_model.training
+    hf_model.eval()
+    try:
+        with torch.no_grad():
+            inputs = adapter.scoring_inputs(hf_model, batch.input_ids_B_T, batch.attention_mask_B_T,
+                                            batch.token_extras, batch.vision)
+            logits_B_T_V = hf_model(**inputs, use_cache=False).logits[..., :batch.vocab_size]
+    finally:
+        hf_model.train(was_training)
+    target_B_T = batch.input_ids_B_T[:, 1:]
+    hf_B_T = token_logprobs(logits_B_T_V[:, :-1], target_B_T)
+    mask_B_T = batch.attention_mask_B_T[:, 1:].bool() & batch.attention_mask_B_T[:, :-1].bool()
+    v_B_T = torch.zeros_like(hf_B_T)
+    for i, v in enumerate(v_rows):  # left padding: a row's tokens end at the last column
+        v_B_T[i, v_B_T.shape[1] - len(v):] = v.to(v_B_T.device)
+    return logprob_mismatch(v_B_T, hf_B_T, mask_B_T), v_rows
 
 
 # ------------------------------------------------------------------------------------- engines
