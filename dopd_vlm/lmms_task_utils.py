@@ -121,6 +121,16 @@ def _letter_in(span: str, valid: str) -> str | None:
     return None
 
 
+def _stated_lower_letter(span: str, valid: str) -> str | None:
+    """A lower-case option letter in a *stated* answer ("the answer is (b)", ``\\boxed{c}``,
+    "Answer: c) green"): the letter alone or closed by ")"; "a red circle" stays a phrase."""
+    span = re.sub(r"\\text\{([^{}]*)\}", r"\1", span).strip().strip("*$").strip()
+    m = re.match(r"^\(?([a-z])(?:\)|\.?$)", span)
+    if m and m.group(1).upper() in valid:
+        return m.group(1).upper()
+    return None
+
+
 def extract_choice(prediction: str, choices: list[str]) -> str | None:
     """The option letter a free-form prediction (a bare answer or a chain of thought) names, or None.
 
@@ -137,7 +147,7 @@ def extract_choice(prediction: str, choices: list[str]) -> str | None:
         by_text = {}
     stated = final_answer(text)
     if stated is not None:
-        letter = _letter_in(stated, valid) or by_text.get(normalize(stated))
+        letter = _letter_in(stated, valid) or by_text.get(normalize(stated)) or _stated_lower_letter(stated, valid)
         if letter:
             return letter
     if normalize(text) in by_text:

@@ -17,3 +17,17 @@ def test_chat_template_kwargs_refuses_yes_no_text(tmp_path, word):
         c.load_config(c.SFTConfig, p)
     ok = c.load_config(c.TrainConfig, None, ["model.chat_template_kwargs={enable_thinking: false}"])
     assert ok.model.chat_template_kwargs == {"enable_thinking": False}
+
+
+@pytest.mark.parametrize("reply,expected", [
+    ("The answer is (c).", "C"), ("\\boxed{c}", "C"), ("Answer: b", "B"), ("**Answer:** (b) blue", "B"),
+    ("Final answer: c) green", "C"),
+    ("The answer is a red circle", None),  # an article, not option A
+    ("b", None),  # a bare lower-case reply stays a word (tests/unit/test_eval_scoring.py)
+    ("Answer: d", None),  # out of range
+])
+def test_stated_lower_case_option_letter_is_scored(reply, expected):
+    # A reply that states its answer as "(c)" or \boxed{c} named option C but scored 0.
+    from dopd_vlm import lmms_task_utils as U
+
+    assert U.extract_choice(reply, ["red", "blue", "green"]) == expected
