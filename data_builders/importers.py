@@ -27,7 +27,15 @@ from __future__ import annotations
 
 from .build import SkipRow
 from .parsing import IMAGE_TAG, interleave, strip_image_tags
-from .records import PRIVILEGED_FIELDS, RecordError, build_prompt, canonical_box, make_record, resolve_image
+from .records import (
+    PRIVILEGED_FIELDS,
+    ImageSize,
+    RecordError,
+    build_prompt,
+    canonical_box,
+    make_record,
+    resolve_image,
+)
 from .sources import SourceBuilder
 
 RECORDS_SCHEMA = """\
@@ -63,9 +71,11 @@ def _as_str_list(v, split_lines: bool = False) -> list[str]:
     return [str(x).strip() for x in v if x is not None and str(x).strip()]
 
 
-def user_privileged(row: dict, rid: str, image_size, options: dict | None = None) -> tuple[dict, list[str]]:
+def user_privileged(row: dict, rid: str, image_size, options: dict | None = None,
+                    default_frame: str | None = None) -> tuple[dict, list[str]]:
     """Privileged fields a user's row carries -> (privileged dict, kinds to render, in field order)."""
     fmt = (options or {}).get("box_format", "xyxy")
+    frame = (options or {}).get("box_frame", default_frame)  # EXIF-rotated images (records.canonical_box)
     raw: dict = {}
     nested = row.get("privileged")
     if isinstance(nested, dict):
@@ -88,7 +98,7 @@ def user_privileged(row: dict, rid: str, image_size, options: dict | None = None
                     raise RecordError(rid, f"privileged.regions[{i}]", "regions need an image (boxes refer to images[0])")
                 box = r.get("bbox") if r.get("bbox") is not None else r.get("box")
                 label = r.get("label") if r.get("label") is not None else (r.get("caption") or r.get("name"))
-                regs.append({"bbox": canonical_box(box, fmt, image_size, rid, f"privileged.regions[{i}].bbox"),
+                regs.append({"bbox": canonical_box(box, fmt, image_size, rid, f"privileged.regions[{i}].bbox", frame),
                              "label": None if label is None else str(label)})
             priv[f] = regs
         elif f in ("captions", "rationale", "hints", "hints_exec", "hints_summary"):
@@ -102,7 +112,7 @@ def user_privileged(row: dict, rid: str, image_size, options: dict | None = None
                     raise RecordError(rid, f"privileged.ocr[{i}]", "an OCR item is {text: str, bbox: [x1, y1, x2, y2] | None}")
                 bb = o.get("bbox")
                 items.append({"text": o["text"], "bbox": None if bb is None else
-                              canonical_box(bb, fmt, image_size, rid, f"privileged.ocr[{i}].bbox")})
+                              canonical_box(bb, fmt, image_size, rid, f"privileged.ocr[{i}].bbox", frame)})
             priv[f] = items
         else:
             priv[f] = v
@@ -111,7 +121,12 @@ def user_privileged(row: dict, rid: str, image_size, options: dict | None = None
 
 
 def _with_user_privileged(rec: dict, row: dict, ctx) -> dict:
-    priv, kinds = user_privileged(row, rec["id"], rec["meta"].get("image_size"), ctx.options)
+    size = rec["meta"].get("image_size")
+    orientation = int(rec["meta"].get("exif_orientation") or 1)
+    if size is not None and orientation != 1:  # the build applied it: --option box_frame says which pixels
+        size = ImageSize(size, orientation, (size[1], size[0]) if orientation >= 5 else size)
+    # default "displayed": boxes of a user's rows are taken as given unless box_frame=stored says otherwise
+    priv, kinds = user_privileged(row, rec["id"], size, ctx.options, default_frame="displayed")
     for k, v in priv.items():
         rec["privileged"][k] = v
     if kinds and "privileged_kinds" not in rec["meta"]:
