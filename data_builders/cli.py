@@ -65,7 +65,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="builder option, e.g. mode=direct (aokvqa), hold_out=false (captions), box_frame=stored|displayed "
-                             "(refcoco, vg: which pixels the boxes of an EXIF-rotated image refer to) (repeatable)")
+                             "(refcoco, vg and the importers: which pixels the boxes of an EXIF-rotated image refer to), "
+                             "box_format=xyxy|xywh (importers); an unknown key is an error (repeatable)")
     g = parser.add_argument_group("synthetic_scenes")
     g.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     g.add_argument("--layout", choices=("grid", "free"), default="grid",

@@ -201,6 +201,24 @@ def load_source(builder: SourceBuilder, source: str | None, config: str | None, 
 
 
 # ------------------------------------------------------------------------------------ running
+# --option keys the builders read (ctx.options): a key no builder reads is a typo, not a no-op
+OPTION_VALUES = {"mode": None, "hold_out": (True, False), "box_frame": ("stored", "displayed"),
+                 "box_format": ("xyxy", "xywh")}
+
+
+def check_options(options: dict, builder: SourceBuilder) -> None:
+    """Refuse an --option key that no builder reads (e.g. ``box_fram=stored`` would silently keep the
+    default) and a value outside the choices of ``OPTION_VALUES``."""
+    known = set(OPTION_VALUES) | set(builder.options)
+    for key, value in options.items():
+        if key not in known:
+            raise SourceError(f"--option {key}={value}: unknown option; known: {', '.join(sorted(known))}")
+        choices = OPTION_VALUES.get(key)
+        if choices is not None and value not in choices:
+            shown = ", ".join(str(c).lower() for c in choices)
+            raise SourceError(f"--option {key}={value}: expected one of {shown}")
+
+
 def run_source_build(builder_name: str, out: str, source: str | None = None, config: str | None = None,
                      split: str | None = None, revision: str | None = None, image_root: str | None = None,
                      kinds: list[str] | None = None, limit: int | None = None, num_proc: int = 1,
@@ -238,6 +256,7 @@ def run_source_build(builder_name: str, out: str, source: str | None = None, con
         raise FileExistsError(f"output folder {out} exists; pass --overwrite to replace it")
     if image_root is not None and not Path(image_root).is_dir():
         raise SourceError(f"--image-root {image_root} is not a folder")
+    check_options(options or {}, b)
     ds, name, rev, src_options, src_image_root = load_source(b, source, config, split, revision)
     rows_in = len(ds)
     if limit is not None:

@@ -58,3 +58,16 @@ def test_box_frame_displayed_keeps_boxes(exif_files, tmp_path, builder, file):
     ds = run_source_build(builder, out=str(tmp_path / builder), source=str(exif_files / file),
                           image_root=str(exif_files), options={"box_frame": "displayed"}, quiet=True)["train"]
     assert ds[0]["privileged"]["regions"][0]["bbox"] == [float(v) for v in STORED_BOX]
+
+
+def test_unknown_or_invalid_build_option_is_one_line_error(exif_files, tmp_path, capsys):
+    # `--option box_fram=stored` (a typo) used to be ignored: the boxes were written in the default frame.
+    from dopd_vlm.cli import main
+
+    base = ["build", "llava", "--source", str(exif_files / "l.json"), "--image-root", str(exif_files)]
+    assert main(base + ["--out", str(tmp_path / "a"), "--option", "box_fram=stored"]) == 1
+    assert "--option box_fram=stored: unknown option; known: box_format, box_frame, hold_out, mode" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "b"), "--option", "box_frame=store"]) == 1
+    assert "expected one of stored, displayed" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert main(base + ["--out", str(tmp_path / "c"), "--option", "box_frame=stored"]) == 0
