@@ -218,6 +218,15 @@ def parse_reply(kind: Kind, text: str | None, finish_reason: str | None, image_s
     return [one]
 
 
+def _verdict_bool(v) -> bool | None:
+    """A verdict field: JSON true/false, or the words true/false/yes/no; None for anything else."""
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str):
+        return {"true": True, "yes": True, "false": False, "no": False}.get(v.strip().lower())
+    return None
+
+
 def parse_verdict(text: str | None) -> tuple[bool, str]:
     """A recheck reply -> (passes: correct and free of the answer, reason)."""
     if not text or not text.strip():
@@ -230,10 +239,14 @@ def parse_verdict(text: str | None) -> tuple[bool, str]:
             break
         except ValueError:
             continue
-    if isinstance(obj, dict) and isinstance(obj.get("correct"), bool):
-        reveals = obj.get("reveals_answer", obj.get("leaks_answer", False))
+    correct = _verdict_bool(obj.get("correct")) if isinstance(obj, dict) else None
+    if correct is not None:
+        # "reveals_answer": "yes" (text, not JSON true) used to pass as not revealing
+        reveals = _verdict_bool(obj.get("reveals_answer", obj.get("leaks_answer", False)))
+        if reveals is None:
+            raise ValueError(f"recheck verdict: reveals_answer is neither true nor false: {body[:120]!r}")
         reason = str(obj.get("reason") or "")[:200]
-        if not obj["correct"]:
+        if not correct:
             return False, "incorrect" + (f": {reason}" if reason else "")
         if reveals is True:
             return False, "reveals the answer" + (f": {reason}" if reason else "")

@@ -31,3 +31,25 @@ def test_stated_lower_case_option_letter_is_scored(reply, expected):
     from dopd_vlm import lmms_task_utils as U
 
     assert U.extract_choice(reply, ["red", "blue", "green"]) == expected
+
+
+@pytest.mark.parametrize("reply,passes", [
+    ('{"correct": true, "reveals_answer": "yes", "reason": "names the colour"}', False),
+    ('{"correct": true, "reveals_answer": "true"}', False),
+    ('{"correct": "yes", "reveals_answer": "no"}', True),
+    ('{"correct": "false", "reveals_answer": false}', False),
+    ('{"correct": true, "reveals_answer": false}', True),
+    ('{"correct": true}', True),
+])
+def test_recheck_verdict_reads_text_booleans(reply, passes):
+    # A verdict with "reveals_answer": "yes" (a string) used to pass the recheck as not revealing.
+    from data_builders.annotate import parse_verdict
+
+    assert parse_verdict(reply)[0] is passes
+
+
+def test_recheck_verdict_with_unreadable_reveals_is_unparsable():
+    from data_builders.annotate import parse_verdict
+
+    with pytest.raises(ValueError, match="reveals_answer"):
+        parse_verdict('{"correct": true, "reveals_answer": "maybe"}')
