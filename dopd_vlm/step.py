@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dopd_vlm.collate import collate
-from dopd_vlm.lean import lean_routed_loss, lean_token_stats
+from dopd_vlm.lean import chunk_sizes, lean_routed_loss, lean_token_stats
 from dopd_vlm.loss import routed_loss
 from dopd_vlm.rollout import Rollouts, sample_rollouts
 from dopd_vlm.routing import TokenStats, route, thresholds_for_scope, token_stats
@@ -88,7 +88,7 @@ class LeanLoss:
             with torch.no_grad():
                 h_N_H = hidden_b_R_H.detach().reshape(-1, hidden_b_R_H.shape[-1])
                 ids_N = ids_b.reshape(-1)
-                size = self.routing.lean_chunk_size
+                size = chunk_sizes(self.routing, head_V_H.device, vocab)[0]
                 logprobs = torch.cat([token_logprobs(h_N_H[i:i + size] @ head_V_H.detach().T, ids_N[i:i + size])
                                       for i in range(0, ids_N.numel(), size)]).reshape(ids_b.shape)
         return loss, metrics, logprobs

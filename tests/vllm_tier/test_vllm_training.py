@@ -89,10 +89,14 @@ LORA = {"model.use_peft": "true", "model.lora_r": "4", "model.lora_target_module
         "model.lora_dropout": "0.0"}
 
 
-@pytest.mark.parametrize("family,extra", [("qwen3", {}), ("qwen3_vl", {}), ("qwen3", LORA)],
-                         ids=["qwen3", "qwen3_vl", "qwen3-lora"])
+LEAN = {"run.loss_impl": "lean", "routing.lean_chunk_size": "5"}  # the trainer's scores come chunked
+
+
+@pytest.mark.parametrize("family,extra", [("qwen3", {}), ("qwen3_vl", {}), ("qwen3", {**LORA, **LEAN})],
+                         ids=["qwen3", "qwen3_vl", "qwen3-lora-lean"])
 def test_colocated_engine_follows_the_student_every_step(family, extra, tmp_path, monkeypatch):
-    """LoRA: the push sends W + BA (merged on the fly), so vLLM follows the adapters too."""
+    """LoRA: the push sends W + BA (merged on the fly), so vLLM follows the adapters too; with the
+    lean loss the drift metric's trainer scores come from hidden states and lm_head, chunked."""
     from dopd_vlm.train import train
 
     cfg = tiny_cfg(tmp_path, family, **extra)
