@@ -153,6 +153,9 @@ def render_privileged(privileged: dict, kinds: list[str], templates: dict | None
             text = json.dumps(sg, separators=(", ", ": "), sort_keys=True) if sg else None
         elif kind == "program":
             items = [_program_step(s, t["program_step"]) for s in privileged.get("program") or []]
+        # whitespace-only items render nothing: a bare "Hints:" header is an empty privileged context
+        items = [i for i in items if str(i).strip()] if items else items
+        text = text if text is None or str(text).strip() else None
         if items:
             sections.append(t[kind].format(items=sep(kind).join(items)))
         elif text:

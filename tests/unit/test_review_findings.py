@@ -53,3 +53,17 @@ def test_recheck_verdict_with_unreadable_reveals_is_unparsable():
 
     with pytest.raises(ValueError, match="reveals_answer"):
         parse_verdict('{"correct": true, "reveals_answer": "maybe"}')
+
+
+def test_whitespace_only_privileged_fields_render_nothing_and_count_as_empty():
+    # {"solution": " "} rendered "Solution:  " (a bare header): the empty-privilege check counted the
+    # row as carrying privilege and training went ahead with a teacher view that says nothing.
+    from dopd_vlm.privilege_check import EmptyPrivilegeError, check_training_data
+    from dopd_vlm.privileged import render_privileged
+
+    assert render_privileged({"solution": " ", "hints": ["", "  "], "captions": [""]},
+                             ["solution", "hints", "captions"]) == ""
+    assert render_privileged({"hints": ["", "add 2 and 3"]}, ["hints"]) == "Hints: add 2 and 3"
+    rows = [{"privileged": {"solution": " \n"}, "meta": {}}, {"privileged": {"solution": ""}, "meta": {}}]
+    with pytest.raises(EmptyPrivilegeError, match="empty in 2 of 2 rows"):
+        check_training_data(rows, ["solution"], ["student_plain", "teacher_priv"], warn=lambda m: None)
