@@ -103,7 +103,9 @@ def test_images_reach_the_server_and_tokens_are_counted(server, scenes):
                                                       Request("txt", without, max_tokens=8)])}
     backend.close()
     assert _posts(server) - before == 2 and backend.requests_sent == 2
-    assert replies["img"].error is None and replies["img"].text.strip() and replies["img"].finish_reason == "stop"
+    assert replies["img"].error is None and replies["img"].text.strip()
+    # the shipped demo teacher may answer in more than 8 tokens: "length" is a real, complete reply too
+    assert replies["img"].finish_reason in ("stop", "length") and replies["img"].completion_tokens > 0
     # the 84x84 image is 3x3 merged patches = 9 image tokens (+ vision start/end) in the server's prompt
     assert replies["img"].prompt_tokens - replies["txt"].prompt_tokens >= 9
 
