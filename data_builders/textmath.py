@@ -38,7 +38,11 @@ _ANNOTATED = re.compile(r"(?P<vis>[\d$.,()+\-*/x×÷%^ ]*?)\s*=\s*\$?<<(?P<expr>
 _OPS = r"(?:[+\-*/×÷^]|\\cdot|\\times|\\div|\\frac)"
 # an unannotated computation "3 * 4 = 12" / "2 \cdot 3 = 6": an operator left of "=", a bare number right of it
 _EQUATION = re.compile(r"(?P<lhs>(?:\d[\d,.]*|\(|\))(?:[^=\n]*?" + _OPS + r"[^=\n]*?)?(?:\d|\)))\s*=\s*"
-                       r"\$?(?P<res>-?\d[\d,]*(?:\.\d+)?)(?![\d.]*\s*[+\-*/×÷^])")
+                       r"\$?(?P<res>-?\d[\d,]*(?:\.\d+)?)(?![\d.]*\s*[+\-*/×÷^])"
+                       # "= 16\pi", "= 3x", "= 2(": a coefficient of a symbolic result, not a bare number
+                       r"(?![\d.,]*(?:\\(?!(?:text|mbox|mathrm|quad|qquad)\b)[A-Za-z]|[A-Za-z(]))")
+# a step that restates the conclusion ("The answer is $\boxed{(2 \cdot 3)}$."): no hint, the answer itself
+_CONCLUSION = re.compile(r"\\boxed\s*\{|\b(?:the|final)\s+answer\s+is\b|^\s*####", re.IGNORECASE)
 _NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?![\w])")
 
 
@@ -86,6 +90,8 @@ def hints_without_execution(steps: list[str], question: str = "", answer: str | 
         s = re.sub(r"\s+([.,;:!?])", r"\1", re.sub(r"[ \t]+", " ", s)).strip()
         if s:
             out.append(s)
+    if len(out) > 1 and _CONCLUSION.search(out[-1]):
+        out.pop()
     return hints_from_trace(out, answer)
 
 

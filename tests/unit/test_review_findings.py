@@ -67,3 +67,20 @@ def test_whitespace_only_privileged_fields_render_nothing_and_count_as_empty():
     rows = [{"privileged": {"solution": " \n"}, "meta": {}}, {"privileged": {"solution": ""}, "meta": {}}]
     with pytest.raises(EmptyPrivilegeError, match="empty in 2 of 2 rows"):
         check_training_data(rows, ["solution"], ["student_plain", "teacher_priv"], warn=lambda m: None)
+
+
+def test_hints_without_execution_keep_symbolic_results_whole_and_drop_the_restated_conclusion():
+    # "= 16\pi" lost its 16 and left "\pi \cdot 4^2\pi" (wrong mathematics written into the hints), and
+    # the last step "The answer is $\boxed{6}$" became "The answer is $\boxed{(2 \cdot 3)}$".
+    from data_builders.textmath import hints_without_execution
+    from dopd_vlm.privileged import split_steps
+
+    area = hints_without_execution(["The area is $\\pi r^2 = \\pi \\cdot 4^2 = 16\\pi$.", "Halve it."],
+                                   "Half the area of a circle of radius 4?", "8\\pi")
+    assert area[0] == "The area is $\\pi r^2 = \\pi \\cdot 4^2 = 16\\pi$."
+    sol = "If $x+2=5$, then $x=3$. So $2x = 2 \\cdot 3 = 6$. The answer is $\\boxed{6}$."
+    hints = hints_without_execution(split_steps(sol), "Solve x+2=5 and find 2x.", "6")
+    assert hints == ["If $x+2=5$, then $x=3$.", "So $2x = 2 \\cdot 3$."]
+    # bare results followed by a unit still lose their result
+    assert hints_without_execution(["We get 3 + 4 = 7\\text{ cm} and 2 * 5 = 10 m."], "q", "99") == \
+        ["We get 3 + 4\\text{ cm} and 2 * 5 m."]
