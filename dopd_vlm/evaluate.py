@@ -613,7 +613,9 @@ def write_comparison(results: list[RunResult], columns: list[tuple[str, str]], o
     def md_head(t: str, m: str) -> str:
         n, total = _scope_counts(results, t)
         name = benchmarks.get(t)
-        scope = "" if n is None else f" (n={n}" + (f" of {total}" if total and total != n else "") + ")"
+        # a make-task family column (accuracy_<family>) scores only that family's rows within the n
+        within = "one family within " if m.startswith("accuracy_") else ""
+        scope = "" if n is None else f" ({within}n={n}" + (f" of {total}" if total and total != n else "") + ")"
         return (f"{name}: " if name and name != t else "") + f"{t}/{m}{scope}"
 
     lines = ["| " + " | ".join(["checkpoint", "status"] + [md_head(t, m) for t, m in columns]) + " |",

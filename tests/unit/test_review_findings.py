@@ -84,3 +84,13 @@ def test_hints_without_execution_keep_symbolic_results_whole_and_drop_the_restat
     # bare results followed by a unit still lose their result
     assert hints_without_execution(["We get 3 + 4 = 7\\text{ cm} and 2 * 5 = 10 m."], "q", "99") == \
         ["We get 3 + 4\\text{ cm} and 2 * 5 m."]
+
+
+def test_family_columns_do_not_claim_the_task_document_count(tmp_path):
+    # The header read "sc_t/accuracy_count (n=4 of 16)" although only the count rows among those 4 were scored.
+    from dopd_vlm import evaluate as E
+
+    r = E.RunResult("ck", "ck", {"t": {"accuracy": 0.5, "accuracy_count": 1.0}}, None, tmp_path)
+    r.counts, r.totals = {"t": 4}, {"t": 16}
+    md = E.write_comparison([r], [("t", "accuracy"), ("t", "accuracy_count")], tmp_path, limit=4)["md"].read_text()
+    assert "t/accuracy (n=4 of 16)" in md and "t/accuracy_count (one family within n=4 of 16)" in md
