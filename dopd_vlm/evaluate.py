@@ -934,7 +934,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="relative tolerance of numeric answers (default 0: exact; project decision)")
     mt.add_argument("--max-new-tokens", dest="task_max_new_tokens", type=int, default=DEFAULT_TASK_MAX_NEW_TOKENS,
                     help=f"generation budget written into the task (default {DEFAULT_TASK_MAX_NEW_TOKENS}: "
-                         "a chain of thought ending in \\boxed{{}}; `eval --max-new-tokens` overrides it)")
+                         "a chain of thought ending in \\boxed{}; `eval --max-new-tokens` overrides it)")
 
 
 def _json_mapping(text: str) -> dict:
