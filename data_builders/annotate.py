@@ -681,9 +681,10 @@ def add_arguments(parser) -> None:
     g = parser.add_argument_group("prompts and parsing")
     g.add_argument("--template", help="prompt template file (default: the shipped one of --kind); placeholders "
                                       "{question}, {options}, {answer}")
-    g.add_argument("--coords", choices=CONVENTIONS, default="qwen2_5_vl",
-                   help="the annotator's box convention: qwen2_5_vl (absolute pixels of its resized input; the "
-                        "default), qwen3_vl / qwen2_vl (0-1000), abs (pixels of the original), rel01 (0-1)")
+    g.add_argument("--coords", choices=CONVENTIONS, default=None,
+                   help="the annotator's box convention, required for the box kinds (a wrong guess would "
+                        "misplace every box silently): qwen2_5_vl (absolute pixels of its resized input), "
+                        "qwen3_vl / qwen2_vl (0-1000), abs (pixels of the original), rel01 (0-1)")
     g.add_argument("--min-pixels", type=int, default=QWEN2_5_VL_MIN_PIXELS,
                    help=f"qwen2_5_vl: the annotator processor's min_pixels (default {QWEN2_5_VL_MIN_PIXELS})")
     g.add_argument("--max-pixels", type=int, default=QWEN2_5_VL_MAX_PIXELS,
@@ -716,6 +717,10 @@ def run(args) -> int:
             print(f"dopd-vlm annotate: {flag} is required (see --help)", file=sys.stderr)
             return 2
     kind = kind_of(args.kind)
+    if kind.parser == "boxes" and args.coords is None:
+        print(f"dopd-vlm annotate: --kind {kind.name} needs --coords, the annotator's box convention "
+              f"({', '.join(CONVENTIONS)}): e.g. qwen2_5_vl for Qwen2.5-VL, qwen3_vl for Qwen3-VL", file=sys.stderr)
+        return 2
     tpl, tpl_name = template_text(args.template or kind.name)
     rtpl, rtpl_name = template_text(args.recheck_template or "recheck")
     render = None
@@ -724,7 +729,7 @@ def run(args) -> int:
 
         render = [canonical_kind(k.strip()) for k in args.privileged.split(",") if k.strip()]
     s = Settings(kind=kind, template=tpl, template_name=tpl_name, recheck=args.recheck, recheck_template=rtpl,
-                 recheck_template_name=rtpl_name, convention=args.coords, min_pixels=args.min_pixels,
+                 recheck_template_name=rtpl_name, convention=args.coords or "qwen2_5_vl", min_pixels=args.min_pixels,
                  max_pixels=args.max_pixels, max_tokens=args.max_tokens, recheck_max_tokens=args.recheck_max_tokens,
                  temperature=args.temperature, top_p=args.top_p, seed=args.seed, leak_policy=args.leak_policy,
                  render_kinds=render, quiet=args.quiet)

@@ -320,10 +320,9 @@ __all__ = ["ConfigError", "apply_overrides", "config_fields", "field_help", "fro
 # The run configs. Sections are flat dataclasses of scalars; comments give meaning and source.
 # [P] = stated in the DOPD paper (docs/method.md); [D] = project decision.
 # =================================================================================================
-from dataclasses import dataclass, field  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 
 from dopd_vlm.fields import opt  # noqa: E402
-
 from dopd_vlm.routing import RoutingConfig  # noqa: E402
 
 DTYPES = ("float32", "bfloat16", "float16")

@@ -94,3 +94,15 @@ def test_family_columns_do_not_claim_the_task_document_count(tmp_path):
     r.counts, r.totals = {"t": 4}, {"t": 16}
     md = E.write_comparison([r], [("t", "accuracy"), ("t", "accuracy_count")], tmp_path, limit=4)["md"].read_text()
     assert "t/accuracy (n=4 of 16)" in md and "t/accuracy_count (one family within n=4 of 16)" in md
+
+
+def test_annotate_box_kinds_need_an_explicit_coordinate_convention(tmp_path, capsys):
+    """A default guess (qwen2_5_vl pixels) would read a Qwen3-VL annotator's 0-1000 boxes as pixels."""
+    from dopd_vlm.cli import main
+
+    argv = ["annotate", str(tmp_path / "ds"), "--out", str(tmp_path / "out"), "--model", "m",
+            "--base-url", "http://127.0.0.1:9/v1"]
+    assert main(argv + ["--kind", "boxes_labels"]) == 2
+    err = capsys.readouterr().err
+    assert "--kind boxes_labels needs --coords" in err and "qwen3_vl" in err
+    assert not (tmp_path / "out").exists()
