@@ -114,7 +114,8 @@ def test_garbage_replies_become_counted_skips_and_are_never_asked_twice(server, 
     from dopd_vlm.cli import main
 
     before = _posts(server)
-    args = _annotate(server, scenes, tmp_path / "boxes", "--kind", "boxes_labels", "--limit", "4")
+    args = _annotate(server, scenes, tmp_path / "boxes", "--kind", "boxes_labels", "--limit", "4",
+                     "--coords", "qwen2_5_vl")
     assert main(args) == 1  # the demo teacher answers in single words: no box in any reply
     err = capsys.readouterr().err
     assert "kept 0 rows: train: no box found 4" in err and not (tmp_path / "boxes").exists()
