@@ -36,9 +36,11 @@ def test_demo_quick(tmp_path):
     assert set(MAIN_METHODS) <= set(rows) and results["majority_level"]["accuracy"] > 0
     for r in rows.values():
         assert {"overall", "perceivable", "privileged_only", "count_each_color"} <= set(r["mean"])
-    # the shipped warm starts meet preconditions 1, 2, 4 and 5 (3 needs the full run's seeds)
-    assert all(results["preconditions"][k] for k in ("1_capable_teacher", "2_real_gap", "4_long_answers",
-                                                      "5_both_gaps")), results["preconditions"]
+    # the shipped warm starts keep their order on the 60 quick scenes too: teacher + privileged text
+    # above the plain teacher, far above the student warm start (the full run checks the thresholds)
+    acc = {k: r["mean"]["overall"] for k, r in rows.items()}
+    assert acc["teacher + privileged text"] > acc["teacher (plain)"] > acc["student (warm start)"] + 0.15, acc
+    assert results["preconditions"]["4_long_answers"] and results["preconditions"]["5_both_gaps"]
     for f in ("tokens_dopd.html", "entropy.png", "regime_fractions.png", "plots_dopd/regime_fractions.png"):
         assert (out / "report" / f).exists(), f
     print(f"demo --quick took {elapsed:.0f} s wall, {results['process_cpu_min']:.1f} min CPU")
