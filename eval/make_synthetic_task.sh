@@ -4,4 +4,5 @@
 set -euo pipefail
 data=outputs/synthetic_scenes_eval
 dopd-vlm build synthetic_scenes --out "$data" --split test --limit 60 --seed 0 --layout grid --overwrite
-dopd-vlm eval make-task "$data" --name synthetic_scenes --out eval/tasks/synthetic_scenes
+# one-word answers: a short budget (make-task defaults to a reasoning budget)
+dopd-vlm eval make-task "$data" --name synthetic_scenes --out eval/tasks/synthetic_scenes --max-new-tokens 16
