@@ -75,6 +75,7 @@ def _sft(cfg: SFTConfig, folder) -> Path:
 
     from dopd_vlm.checkpoint import TrainerState, load_trainer_state, save_checkpoint
     from dopd_vlm.collate import collate
+    from dopd_vlm.console import check_trackers
     from dopd_vlm.sources import resolve_dataset, resolve_model
     from dopd_vlm.step import trained_logits
     from dopd_vlm.train import (
@@ -87,7 +88,9 @@ def _sft(cfg: SFTConfig, folder) -> Path:
     )
 
     out = Path(cfg.run.output_dir)
-    acc = make_accelerator(mixed_precision=cfg.run.mixed_precision)
+    check_trackers(cfg.run.report_to)  # a missing tracker package is an error at start (as in train)
+    acc = make_accelerator(mixed_precision=cfg.run.mixed_precision, log_with=cfg.run.report_to or None,
+                           project_dir=str(out))
     folder.open(acc)
     set_seed(cfg.optim.seed)
     with acc.main_process_first():
@@ -129,6 +132,8 @@ def _sft(cfg: SFTConfig, folder) -> Path:
         save_config(cfg, out / "config.yaml")
         (out / "metrics.jsonl").touch()
         _truncate_jsonl(out / "metrics.jsonl", state.step)  # steps after the checkpoint are logged again
+    if cfg.run.report_to:
+        acc.init_trackers("dopd-vlm-sft", config={"view": cfg.data.view, "lr": cfg.optim.lr})
     B = cfg.optim.batch_size
     t_start = time.perf_counter()
     step = state.step
@@ -167,10 +172,13 @@ def _sft(cfg: SFTConfig, folder) -> Path:
         opt.zero_grad(set_to_none=True)
         step += 1
         first_ok = (logits_B_R_V.argmax(-1)[:, 0] == ids[:, 0]).float().mean().item()
-        if acc.is_main_process and step % cfg.run.log_every == 0:
-            with open(out / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps({"step": step, "loss": loss.item(), "first_token_acc": first_ok,
-                                     "lr": sched.get_last_lr()[0]}) + "\n")
+        if step % cfg.run.log_every == 0:
+            row = {"loss": loss.item(), "first_token_acc": first_ok, "lr": sched.get_last_lr()[0]}
+            if acc.is_main_process:
+                with open(out / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps({"step": step, **row}) + "\n")
+            if cfg.run.report_to:
+                acc.log(row, step=step)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{first_ok:.2f}")
         if cfg.optim.time_budget_s and time.perf_counter() - t_start > cfg.optim.time_budget_s:
@@ -181,4 +189,7 @@ def _sft(cfg: SFTConfig, folder) -> Path:
         if cfg.run.save_every and step % cfg.run.save_every == 0 and step < last_step:
             save(step)
     bar.close()
-    return save(step)
+    final = save(step)
+    if cfg.run.report_to:
+        acc.end_training()
+    return final
