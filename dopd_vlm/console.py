@@ -40,30 +40,29 @@ def set_verbose(verbose: bool) -> None:
         for name in list(_SET_BY_US):
             os.environ.pop(name, None)
             _SET_BY_US.discard(name)
-        if "transformers" in sys.modules:
-            import transformers
-
-            transformers.logging.set_verbosity_warning()
-            transformers.logging.enable_progress_bar()
-        if "datasets" in sys.modules:
-            import datasets
-
-            datasets.enable_progress_bars()
-        return
-    for name, value in _QUIET_ENV.items():
-        if name not in os.environ:
-            os.environ[name] = value
-            _SET_BY_US.add(name)
+    else:
+        for name, value in _QUIET_ENV.items():
+            if name not in os.environ:
+                os.environ[name] = value
+                _SET_BY_US.add(name)
+    # libraries already imported read no environment any more: switch them directly
     if "transformers" in sys.modules:
         import transformers
 
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
+        if _VERBOSE:
+            transformers.logging.set_verbosity_warning()
+            transformers.logging.enable_progress_bar()
+        else:
+            transformers.logging.set_verbosity_error()
+            transformers.logging.disable_progress_bar()
     if "datasets" in sys.modules:
         import datasets
 
-        datasets.disable_progress_bars()
-        datasets.logging.set_verbosity_error()
+        if _VERBOSE:
+            datasets.enable_progress_bars()
+        else:
+            datasets.disable_progress_bars()
+            datasets.logging.set_verbosity_error()
 
 
 def verbose() -> bool:
