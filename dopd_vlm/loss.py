@@ -88,7 +88,7 @@ def regime_terms(
         target_logits_N_V,
         ids_N,
         regime.divergence,
-        regime.support,
+        regime.resolve_support(routing),
         topk=routing.topk,
         topk_support_name=routing.topk_support,
         topk_tail=routing.topk_tail,

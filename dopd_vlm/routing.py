@@ -25,6 +25,7 @@ ROUTER_REGIMES = {"all": ("ALL",), "dopd4": ("LH", "LL", "HT", "HS")}
 NORMALIZATIONS = ("none", "zscore", "minmax")
 THRESHOLD_SCOPES = ("step", "micro_batch", "global")
 LEAN_BACKWARDS = ("fused", "checkpoint")
+OPD_SUPPORTS = ("sampled", "full")  # docs/method.md §8: the supports vanilla OPD is defined with
 
 
 @dataclass
@@ -44,6 +45,7 @@ class RoutingConfig:
     loss_temperature: float = opt(1.0, "both logits are divided by this before the divergence (not the routing statistics) [D docs/method.md §4]")
     beta_w: float = opt(0.3, "β_w, weight of the LL (\"weak self\") regime; must be < beta_l [P §4]")
     beta_l: float = opt(0.6, "β_l, weight of the LH and HS regimes [P §4]")
+    opd_support: str = opt("sampled", "support of the one-regime reverse-KL baselines vanilla_opd and opd_priv_teacher: sampled (one sampled token per position, score-function gradient) | full (exact over the vocabulary) [P docs/method.md §8: sampled by default, full as the option]")
     jsd_beta: float = opt(0.5, "β of the generalised JSD of jsd regimes (OPSD 0.5 [P]; GKD reuses it [D]) [docs/method.md §8]")
     vocab_size: int = opt(0, "slice logits to this many entries (embedding padding makes lm_head wider than the tokenizer); 0 = as they are [D docs/method.md known traps]")
     lean_chunk_size: int = opt(128, "response tokens per lm_head projection chunk of the lean loss (run.loss_impl=lean) [D measured in BENCHMARKS.md §1]")
@@ -78,6 +80,8 @@ class RoutingConfig:
                 fail(name, "must lie in [0, 1]")
         if not self.beta_w < self.beta_l:
             fail("beta_w", f"the paper requires beta_w < beta_l (beta_l={self.beta_l}), docs/method.md §4")
+        if self.opd_support not in OPD_SUPPORTS:
+            fail("opd_support", f"expected one of {OPD_SUPPORTS}")
         if not 0.0 <= self.jsd_beta <= 1.0:
             fail("jsd_beta", "must lie in [0, 1]")
         if self.vocab_size < 0:

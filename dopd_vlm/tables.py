@@ -5,7 +5,8 @@ trainer asks ``table.policies()`` which policies to score and hands the logits t
 ``dopd_vlm.loss.routed_loss``; there is no per-method branch anywhere else.
 
 ``weight`` is a number or the name of a ``RoutingConfig`` field (``"beta_l"``, ``"beta_w"``), so
-``routing.beta_l=0.5`` on the command line changes every table that uses β_l.
+``routing.beta_l=0.5`` on the command line changes every table that uses β_l; likewise ``support``
+may name ``opd_support``, so ``routing.opd_support=full`` makes the sampled-token OPD baselines exact.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dopd_vlm.routing import ROUTER_REGIMES, ROUTERS, RoutingConfig
 STUDENT = "student_plain"  # the only trained policy (docs/method.md §1)
 TARGET_POLICIES = ("teacher_priv", "student_priv", "teacher_plain")
 WEIGHT_FIELDS = ("beta_w", "beta_l")
+SUPPORT_FIELDS = ("opd_support",)  # a support read from RoutingConfig (routing.opd_support=full)
 # Routing statistics q_T, q_S are scored under the privileged context (docs/method.md §2).
 ROUTER_POLICIES = {"all": frozenset(), "dopd4": frozenset({"teacher_priv", "student_priv"})}
 
@@ -31,7 +33,7 @@ class Regime:
     name: str
     target: str  # teacher_priv | student_priv | teacher_plain (docs/method.md §1)
     divergence: str  # reverse_kl | forward_kl | js | jsd (dopd_vlm.divergences)
-    support: str  # full | topk | sampled
+    support: str  # full | topk | sampled, or a RoutingConfig field name (opd_support)
     weight: float | str  # number, or a RoutingConfig field name (beta_w / beta_l)
     source: str  # where this row comes from: "[P] ..." paper, "[D] ..." project decision
 
@@ -41,10 +43,11 @@ class Regime:
             raise ValueError(f"{where}: target {self.target!r} is not one of {TARGET_POLICIES}")
         if self.divergence not in DIVERGENCES:
             raise ValueError(f"{where}: divergence {self.divergence!r} is not one of {DIVERGENCES}")
-        if self.support not in SUPPORTS:
-            raise ValueError(f"{where}: support {self.support!r} is not one of {SUPPORTS}")
-        if self.support == "sampled" and self.divergence != "reverse_kl":
-            raise ValueError(f"{where}: support 'sampled' exists only for reverse_kl (docs/method.md §8)")
+        if self.support not in SUPPORTS + SUPPORT_FIELDS:
+            raise ValueError(f"{where}: support {self.support!r} is not one of {SUPPORTS} or {SUPPORT_FIELDS}")
+        if self.support in ("sampled", *SUPPORT_FIELDS) and self.divergence != "reverse_kl":
+            raise ValueError(f"{where}: support {self.support!r} can be 'sampled', which exists only for reverse_kl "
+                             "(docs/method.md §8)")
         if isinstance(self.weight, str):
             if self.weight not in WEIGHT_FIELDS:
                 raise ValueError(f"{where}: weight {self.weight!r} names no routing field {WEIGHT_FIELDS}")
@@ -52,6 +55,11 @@ class Regime:
             raise ValueError(f"{where}: weight must be a number ≥ 0 or one of {WEIGHT_FIELDS}, got {self.weight!r}")
         if not self.source.startswith(("[P]", "[D]")):
             raise ValueError(f"{where}: source must start with [P] or [D], got {self.source!r}")
+
+    def resolve_support(self, routing: RoutingConfig) -> str:
+        """The support, reading ``opd_support`` from the routing config (docs/method.md §8: vanilla OPD
+        is sampled-token by default, with the full vocabulary as an option)."""
+        return str(getattr(routing, self.support)) if self.support in SUPPORT_FIELDS else self.support
 
     def resolve_weight(self, routing: RoutingConfig) -> float:
         """The numeric weight, reading ``beta_w`` / ``beta_l`` from the routing config (docs/method.md §4)."""
@@ -116,8 +124,9 @@ def _all(name: str, target: str, divergence: str, support: str, source: str, des
 _TABLE_LIST = (
     RoutingTable("dopd", "dopd4", _dopd_regimes(), "DOPD: four regimes LH / LL / HT / HS (docs/method.md §4)"),
     _all(
-        "vanilla_opd", "teacher_plain", "reverse_kl", "sampled",
-        "[P] docs/method.md §8: sampled-token reverse KL, score-function gradient (Thinking Machines OPD)",
+        "vanilla_opd", "teacher_plain", "reverse_kl", "opd_support",
+        "[P] docs/method.md §8: sampled-token reverse KL, score-function gradient (Thinking Machines OPD); "
+        "routing.opd_support=full for the exact full-vocabulary option",
         "vanilla on-policy distillation from the plain teacher",
     ),
     _all(
@@ -126,8 +135,8 @@ _TABLE_LIST = (
         "vanilla OPD, exact full-vocabulary reverse KL",
     ),
     _all(
-        "opd_priv_teacher", "teacher_priv", "reverse_kl", "sampled",
-        "[P] docs/method.md §8 'privilege illusion' setting; [D] support as vanilla_opd (sampled)",
+        "opd_priv_teacher", "teacher_priv", "reverse_kl", "opd_support",
+        "[P] docs/method.md §8 'privilege illusion' setting; [D] support as vanilla_opd (routing.opd_support)",
         "vanilla OPD from the privileged teacher",
     ),
     _all(

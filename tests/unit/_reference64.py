@@ -155,7 +155,7 @@ def routed_loss64(student, targets, ids, mask, table, routing, thresholds=None, 
         for bn in toks:
             reg = table.regime(names[bn])
             w = reg.resolve_weight(routing)
-            d = token_div64(student[bn], targets[reg.target][bn], int(ids[bn]), reg.divergence, reg.support, routing)
+            d = token_div64(student[bn], targets[reg.target][bn], int(ids[bn]), reg.divergence, reg.resolve_support(routing), routing)
             seq += w * d
         total += seq / len(toks)
     return total / (B if step_num_sequences is None else step_num_sequences), names, thr

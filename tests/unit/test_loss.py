@@ -33,7 +33,7 @@ def test_matches_float64_reference_for_every_table(name):
     student, targets, ids, mask = _batch(seed=1)
     loss, metrics = routed_loss(student.requires_grad_(True), targets, ids, mask, name, routing)
     want, regimes, _ = routed_loss64(student, targets, ids, mask, get_table(name), routing)
-    if get_table(name).regimes[0].support == "sampled":
+    if get_table(name).regimes[0].resolve_support(routing) == "sampled":
         assert metrics["loss/objective"] == pytest.approx(want, rel=1e-9, abs=1e-12)
     else:
         assert loss.item() == pytest.approx(want, rel=1e-9, abs=1e-12)
@@ -218,3 +218,20 @@ def test_thresholds_type_is_passed_through():
     assert isinstance(thr, Thresholds)
     _, metrics = routed_loss(student, targets, ids, mask, "dopd", thresholds=thr)
     assert metrics["threshold/A"] == 0.0 == thr.gap
+
+
+def test_opd_support_full_makes_vanilla_opd_the_exact_table():
+    """routing.opd_support=full (docs/method.md §8 option): vanilla_opd gives vanilla_opd_full's loss and
+    gradient; the default (sampled) gives a different one."""
+    student, targets, ids, mask = _batch(seed=3)
+    grads = {}
+    for key, name, routing in (("full_table", "vanilla_opd_full", RoutingConfig()),
+                               ("opd_full", "vanilla_opd", RoutingConfig(opd_support="full")),
+                               ("opd_sampled", "vanilla_opd", RoutingConfig())):
+        s = student.clone().requires_grad_(True)
+        loss, _ = routed_loss(s, targets, ids, mask, name, routing)
+        loss.backward()
+        grads[key] = (loss.item(), s.grad)
+    assert grads["opd_full"][0] == pytest.approx(grads["full_table"][0], rel=1e-12)
+    torch.testing.assert_close(grads["opd_full"][1], grads["full_table"][1], rtol=0, atol=0)
+    assert not torch.allclose(grads["opd_sampled"][1], grads["full_table"][1])

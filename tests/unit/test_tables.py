@@ -48,8 +48,15 @@ def test_policies_to_score(name, policies):
 
 def test_baselines_follow_method_md_section_8():
     v = get_table("vanilla_opd").regime("ALL")
-    assert (v.target, v.divergence, v.support) == ("teacher_plain", "reverse_kl", "sampled")
+    assert (v.target, v.divergence, v.resolve_support(RoutingConfig())) == ("teacher_plain", "reverse_kl", "sampled")
     assert get_table("vanilla_opd_full").regime("ALL").support == "full"
+    # routing.opd_support=full makes both sampled-token baselines exact (docs/method.md §8 option)
+    full = RoutingConfig(opd_support="full")
+    for name in ("vanilla_opd", "opd_priv_teacher"):
+        assert get_table(name).regime("ALL").resolve_support(full) == "full"
+        assert get_table(name).regime("ALL").resolve_support(RoutingConfig()) == "sampled"
+    with pytest.raises(ValueError, match="opd_support"):
+        RoutingConfig(opd_support="topk")
     assert get_table("opd_priv_teacher").regime("ALL").target == "teacher_priv"
     o = get_table("opsd").regime("ALL")
     assert (o.target, o.divergence, o.support) == ("student_priv", "jsd", "full")
