@@ -197,15 +197,27 @@ def _numbers(text: str, words: bool = True) -> list[tuple[int, float]]:
     return sorted(found)
 
 
+# A stated answer that opens with a worked equation, "12 - 4 = 8" or "3 \times 4 = 12": only digits,
+# operators and at least one "="; the result is the chain's last number, not its first.
+_EQ_TERM = r"(?:[-+\d\s.,*/×÷^()]|\\times|\\cdot|\\div|(?<=\s)[xX](?=\s))+"
+_EQUATION_CHAIN_RE = re.compile(rf"^{_EQ_TERM}(?:={_EQ_TERM})+")
+
+
 def extract_number(prediction: str) -> float | None:
     """The number a reply gives as its answer, or None: the first number of the stated answer
-    (last ``\\boxed{}``, else "the answer is ..."), else the **last** number anywhere in the reply
+    (last ``\\boxed{}``, else "the answer is ..."; the result when it opens with a worked equation,
+    "the answer is 12 - 4 = 8" gives 8), else the **last** number anywhere in the reply
     (a chain of thought ends with its result; number words count there only when the reply has no
     digits, since prose is full of "one"). Digits with thousands separators and decimals
     (``1,000``, ``72.0``), LaTeX ``\\frac{a}{b}`` and ``a/b`` fractions, number words up to twenty."""
     text = strip_thinking(prediction)
     stated = final_answer(text)
     if stated is not None:
+        chain = _EQUATION_CHAIN_RE.match(stated)
+        if chain:
+            numbers = _numbers(chain.group(0), words=False)
+            if numbers:
+                return numbers[-1][1]
         numbers = _numbers(stated)
         if numbers:
             return numbers[0][1]

@@ -48,6 +48,12 @@ COT_NUMERIC = [
     ("<think>\n3 and 4 make 7? no, 3 + 5 = 8\n</think>\n\nThe answer is 8.", "8", 1.0),
     ("There are 4 rows of 18 objects, so \\boxed{72}.", "4", 0.0),
     ("Counting the cubes gives \\boxed{\\dfrac{1}{2}}", "0.5", 1.0),
+    # a stated answer that opens with a worked equation gives its result, not its first operand
+    ("She keeps what is left, so the answer is 12 - 4 = 8.", "8", 1.0),
+    ("She keeps what is left, so the answer is 12 - 4 = 8.", "12", 0.0),
+    ("So \\boxed{3 \\times 4 = 12}", "12", 1.0),
+    ("The answer is 4 x 18 = 72", "72", 1.0),
+    ("The answer is 5 because x = 2 fails", "5", 1.0),  # words before "=": no equation chain
 ]
 
 
