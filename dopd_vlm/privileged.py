@@ -286,7 +286,26 @@ def _words_value(phrase: str) -> float | None:
     return float(total + current) if last is not None else None
 
 
+# LaTeX fractions, "\frac{1}{2}" / "\dfrac{3}{4}" / "\tfrac12": a number as math answers and hints write it.
+_LATEX_FRAC_RE = re.compile(r"\\[dt]?frac\s*(?:\{\s*([-+]?\d+(?:\.\d+)?)\s*\}|(\d))\s*(?:\{\s*([-+]?\d+(?:\.\d+)?)\s*\}|(\d))")
+
+
+def _latex_fracs(text: str) -> list[tuple[int, int, float]]:
+    """(start, end, value) of every LaTeX fraction with numeric parts in ``text`` (zero denominators skipped)."""
+    out = []
+    for m in _LATEX_FRAC_RE.finditer(text):
+        num, den = float(m.group(1) or m.group(2)), float(m.group(3) or m.group(4))
+        if den:
+            out.append((m.start(), m.end(), num / den))
+    return out
+
+
 def _as_number(s: str) -> float | None:
+    whole = str(s).strip().strip("$").strip()
+    frac = _LATEX_FRAC_RE.fullmatch(whole)
+    if frac:
+        fracs = _latex_fracs(whole)
+        return fracs[0][2] if fracs else None
     s, _ = _fold(str(s), words=False)
     s = s.strip().rstrip(".").strip()
     v = _words_value(s)
@@ -342,13 +361,16 @@ def _is_pronoun_one(text: str, a: int, b: int) -> bool:
 
 
 def _number_spans(text: str, value: float) -> list[tuple[int, int]]:
+    fracs = _latex_fracs(text)
+    spans = [(a, b) for a, b, v in fracs if _same_number(v, value)]
     folded, idx = _fold(text, words=False)
-    spans = []
     for m in _DIGIT_NUM_RE.finditer(folded):
         v = _as_number(m.group())
         if v is not None and _same_number(v, value) and not _in_coordinate_list(folded, *m.span()) \
                 and not _is_index(folded, m.start()):
-            spans.append(_orig_span(idx, *m.span()))
+            a, b = _orig_span(idx, *m.span())
+            if not any(fa <= a and b <= fb for fa, fb, _ in fracs):  # the 1 of \frac{1}{2} is not the number 1
+                spans.append((a, b))
     for m in _WORD_NUM_RE.finditer(folded):
         phrase = m.group()
         v = _words_value(phrase)

@@ -42,6 +42,9 @@ LEAKS = {
         ("1/2 of it", "0.5", None), ("0.50", "1/2", None), ("the total is 3.0 dollars", "3", None),
         ("there is one cube", "1", None), ("the answer is one", "1", None), ("it is −4", "-4", None),
         ("2 cubes.", "2", None), ("so 72.", "72", None),
+        # LaTeX fractions, as math hints and answers write them
+        ("half is $\\frac{1}{2}$", "0.5", None), ("x = \\dfrac{3}{4}", "3/4", None), ("use \\tfrac12", "0.5", None),
+        ("we get 0.5", "\\frac{1}{2}", None), ("so $\\frac{1}{2}$", "$\\frac{1}{2}$", None),
     ],
     "option letter in a sentence": [
         ("the answer is (B)", "B", CHOICES), ("option B", "B", CHOICES), ("Option b is right", "B", CHOICES),
@@ -67,7 +70,8 @@ CLEAN = {
     ],
     "numbers inside other numbers": [
         ("13 apples", "3", None), ("2.5 cm", "2", None), ("12 cubes", "2", None), ("v2 model", "2", None),
-        ("1,200 dots", "200", None), ("0.25", "2", None),
+        ("1,200 dots", "200", None), ("0.25", "2", None), ("take \\frac{1}{2} of it", "1", None),
+        ("take \\frac{1}{2} of it", "2", None),
     ],
     "coordinates": [
         ("box [3, 2, 50, 60]", "2", None), ("at (12, 2)", "2", None), ("point (2.0, 7.5)", "2", None),
