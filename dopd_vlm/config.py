@@ -496,8 +496,11 @@ class SFTDataConfig:
                                       factory=lambda: ["regions"])
     target: str = opt("answer", "the supervised response: answer | solution (privileged.solution) [D]")
     max_samples: int = opt(0, "use only the first N records; 0 = all records [D]")
+    max_empty_privileged_share: float = opt(1.0, "view privileged | mixed: refuse when more than this share of rows renders an empty privileged context (all rows empty always refuses; any empty row warns) [D, as in train]")
 
     def __post_init__(self):
+        if not 0.0 <= self.max_empty_privileged_share <= 1.0:
+            raise ValueError(f"max_empty_privileged_share must be in [0, 1], got {self.max_empty_privileged_share}")
         if self.view not in ("plain", "privileged", "mixed"):
             raise ValueError(f"view must be plain|privileged|mixed, got {self.view!r}")
         if self.target not in ("answer", "solution"):

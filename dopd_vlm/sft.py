@@ -102,7 +102,11 @@ def _sft(cfg: SFTConfig, folder) -> Path:
     if cfg.data.max_samples:
         data = data.select(range(min(cfg.data.max_samples, len(data))))
     from dopd_vlm.console import startup_summary
+    from dopd_vlm.privilege_check import check_training_data
 
+    # a privileged view whose context is empty is the plain view under another name: refuse, as train does
+    check_training_data(data, cfg.data.privileged_kinds, ("student_priv",) if cfg.data.view != "plain" else (),
+                        cfg.data.max_empty_privileged_share, warn=acc.print, where=str(data_path))
     startup_summary(acc, f"sft ({cfg.data.view} view)", records=len(data), dataset=str(data_path),
                     extra={"view": f"{cfg.data.view} (privileged kinds: {', '.join(cfg.data.privileged_kinds) or 'none'})",
                            "steps": f"{cfg.optim.max_steps} x {cfg.optim.batch_size} records per process",

@@ -142,3 +142,20 @@ def test_train_warns_prints_teacher_view_and_logs_what_the_teacher_saw(scenes, t
     # row 0 kept its boxes, row 1 did not: the log shows exactly what the teacher read
     assert samples[0]["privileged"].startswith("Objects: ") and samples[1]["privileged"] == ""
     assert "teacher also saw: Objects: " in (out / "tokens.html").read_text()
+
+
+def test_sft_refuses_a_privileged_view_with_empty_privilege(scenes, tmp_path, tiny_ckpt, capsys):
+    """`dopd-vlm sft data.view=privileged|mixed` on rows without privileged content would train the plain
+    view under another name: refused in one line; the plain view of the same rows trains."""
+    from dopd_vlm.cli import main
+
+    empty = _strip_regions(scenes / "scenes", tmp_path / "empty")
+    student = tiny_ckpt("qwen2_5_vl")
+    common = [f"model.model_name_or_path={student}", f"data.dataset_path={empty}", "optim.max_steps=1",
+              "optim.batch_size=2"]
+    for view in ("privileged", "mixed"):
+        capsys.readouterr()
+        assert main(["sft", *common, f"data.view={view}", f"run.output_dir={tmp_path / view}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("dopd-vlm sft: error:") and "empty in 8 of 8 rows" in err, err
+    assert main(["sft", *common, "data.view=plain", f"run.output_dir={tmp_path / 'plain'}"]) == 0
