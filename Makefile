@@ -63,3 +63,21 @@ $(VLLM_STAMP): pyproject.toml tests/vllm_tier/setup_venv.sh
 
 test-vllm: setup-vllm
 	DOPD_REQUIRE_VLLM=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest tests/vllm_tier --durations=10 $(PYTEST_ARGS)
+
+# The harness tier (docs/evaluation.md "Harness benchmarks"): BFCL-v3 and LiveCodeBench through evalscope 1.14.1
+# (+ bfcl-eval 2025.10.27.1) in their own virtualenv (bfcl-eval pins numpy 1.26.4 and pulls in torch), served
+# by vLLM from .venv-vllm, driven by `dopd-vlm eval` from .venv; offline, on rows in the benchmarks' schemas.
+# LIVEBENCH_DIR=<a LiveBench clone> adds the LiveBench test (skipped otherwise).
+HARNESS_VENV ?= .venv-harness
+HARNESS_STAMP := $(HARNESS_VENV)/.dopd-installed
+
+.PHONY: setup-harness test-harness
+
+setup-harness: $(HARNESS_STAMP)
+
+$(HARNESS_STAMP): constraints-harness.txt tests/harness_tier/setup_venv.sh
+	PYTHON=$(PYTHON) bash tests/harness_tier/setup_venv.sh $(HARNESS_VENV)
+
+test-harness: setup setup-vllm setup-harness
+	DOPD_RUN_HARNESS_TIER=1 DOPD_HARNESS_PYTHON=$(HARNESS_VENV)/bin/python DOPD_SERVE_PYTHON=$(VLLM_VENV)/bin/python \
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest tests/harness_tier --durations=10 $(PYTEST_ARGS)

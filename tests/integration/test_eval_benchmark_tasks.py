@@ -101,6 +101,25 @@ def test_benchmark_tasks_run_under_lmms_eval(tmp_path, tiny_ckpt):
     assert len(samples) == 2 and samples[0]["target"] == "B"
 
 
+def test_subprocess_mode_fails_only_the_failing_task(tmp_path, tiny_ckpt):
+    """--subprocess runs one lmms-eval process per task: autologi_cn's missing data file fails that
+    cell alone, named with its dataset; math500 in the same row is scored."""
+    from dopd_vlm.evaluate import evaluate
+
+    tasks = _local_tasks(tmp_path)
+    results, paths = evaluate([tiny_ckpt("qwen3")], ["math500", "autologi_cn"], tmp_path / "out",
+                              include_path=str(tasks), limit=2, labels=["student"], batch_size=2,
+                              max_new_tokens=8, subprocess=True)
+    r = results[0]
+    assert r.status == "partial" and r.error is None
+    assert list(r.task_errors) == ["autologi_cn"], r.task_errors
+    assert r.task_errors["autologi_cn"].startswith("task autologi_cn (dataset json (") and "lmms_eval_autologi_cn.log" in r.task_errors["autologi_cn"]
+    assert r.counts["math500"] == 2 and "exact_match" in r.metrics["math500"]
+    row = next(csv.DictReader(open(paths["csv"])))
+    assert row["status"] == "partial" and row["autologi_cn/result"] == "FAILED" and row["math500/n"] == "2"
+    assert len((tmp_path / "out" / "runs" / "student" / "command.sh").read_text().splitlines()) == 2
+
+
 def test_lmms_eval_aime25_scores_boxed_integer_answers_without_a_judge(monkeypatch):
     """AIME25 runs on lmms-eval's own aime25_nofigures: its scoring needs no GPT judge for integer
     answers (checked on simplescaling/aime25_nofigures-style rows: problem, answer, solution)."""

@@ -1,12 +1,14 @@
 """`dopd-vlm eval --suite` with harness benchmarks next to lmms-eval tasks: one comparison table.
 
-evalscope, LiveBench and vLLM are not installed here, so three stand-ins take their places on PATH
-and nothing else is replaced: a local HTTP server answering ``/v1/models`` (the readiness check the
-real server must pass), an ``evalscope`` executable that writes the report recorded with evalscope
-1.14.1's own report code (tests/fixtures/eval_harness) where ``evalscope eval --work-dir`` writes
-it, and a LiveBench folder whose two scripts write result CSVs in show_livebench_result.py's
-layout. What is exercised for real: the suite file, the server start/stop, the commands and their
-arguments as the stand-ins receive them, report discovery and parsing, and the table."""
+The real run (vLLM serving a tiny checkpoint, evalscope 1.14.1 scoring BFCL-v3 and LiveCodeBench rows)
+is tests/harness_tier (`make test-harness`, its own virtualenvs). Here, without them, stand-ins take
+their places and nothing else is replaced: a local HTTP server answering ``/v1/models`` (the
+readiness check the real server must pass), a stand-in harness Python (``--harness-python``) whose
+``-m evalscope.cli.cli eval`` writes the report recorded with evalscope 1.14.1's own report code
+(tests/fixtures/eval_harness) where ``--work-dir`` puts it, and a LiveBench folder whose two scripts
+write result CSVs in show_livebench_result.py's layout. What is exercised: the suite file, the
+server start/stop, the commands and their arguments as the stand-ins receive them, report
+discovery and parsing, and the table."""
 
 from __future__ import annotations
 
@@ -24,11 +26,19 @@ def _stand_ins(tmp_path: Path) -> tuple[Path, Path, list[str], int]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "calls.jsonl"
-    evalscope = bin_dir / "evalscope"
-    evalscope.write_text(f"""#!{sys.executable}
-import json, shutil, sys
+    python = bin_dir / "python"
+    python.write_text(f"""#!{sys.executable}
+import json, runpy, shutil, sys
 from pathlib import Path
 argv = sys.argv[1:]
+if argv[0] == "-c":  # the adapter's check that this Python has the harness module: it has
+    sys.exit(0)
+if argv[0] != "-m":  # LiveBench's scripts: run them
+    sys.argv = argv
+    runpy.run_path(argv[0], run_name="__main__")
+    sys.exit(0)
+assert argv[:2] == ["-m", "evalscope.cli.cli"], argv
+argv = argv[2:]
 with open({str(calls)!r}, "a") as fh:
     fh.write(json.dumps(argv) + "\\n")
 a = dict(zip(argv[1::2], argv[2::2]))
@@ -38,7 +48,7 @@ out = Path(a["--work-dir"]) / "reports" / a["--model"] / (a["--datasets"] + ".js
 out.parent.mkdir(parents=True, exist_ok=True)
 shutil.copy(fixture, out)
 """)
-    evalscope.chmod(0o755)
+    python.chmod(0o755)
     lb = tmp_path / "LiveBench" / "livebench"
     lb.mkdir(parents=True)
     (lb / "run_livebench.py").write_text(f"import json, sys\nopen({str(calls)!r}, 'a').write(json.dumps(sys.argv) + '\\n')\n")
@@ -71,12 +81,12 @@ def test_harness_benchmarks_join_the_comparison_table(tmp_path, tiny_ckpt, monke
     from dopd_vlm.evaluate import evaluate, load_suite
 
     bin_dir, livebench, server, port = _stand_ins(tmp_path)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     suite = load_suite(REPO / "eval" / "suites" / "paper_llm.yaml")
     results, paths = evaluate([tiny_ckpt("qwen3")], [], tmp_path / "out", labels=["student"], limit=3,
                               max_new_tokens=512, primary=suite.primary, harness_tasks=suite.harness_tasks,
                               benchmarks=suite.benchmarks, chat_template_kwargs=suite.chat_template_kwargs,
-                              livebench=str(livebench), harness_port=port, harness_server_cmd=server)
+                              livebench=str(livebench), harness_port=port, harness_server_cmd=server,
+                              harness_python=str(bin_dir / "python"))
     r = results[0]
     assert r.status == "ok", r.task_errors
     assert r.metrics["bfcl_v3"]["score"] == 0.3924 and r.metrics["livecodebench_v5"]["score"] == 0.4
@@ -93,7 +103,7 @@ def test_harness_benchmarks_join_the_comparison_table(tmp_path, tiny_ckpt, monke
     assert lb_call[lb_call.index("--livebench-release-option") + 1] == "2024-11-25"
     # the server command dopd-vlm eval would have started (vllm serve) is kept beside the run
     serve = (tmp_path / "out" / "runs" / "student" / "harness" / "serve.sh").read_text()
-    assert serve.startswith(sys.executable)  # the stand-in here; serve_command() builds vllm serve
+    assert serve.startswith(sys.executable)  # the stand-in here; serve_command() builds vLLM's api_server
     md = paths["md"].read_text()
     assert "BFCLv3: bfcl_v3/score (n=42)" in md and "LiveBench: livebench/score (n=3)" in md
     assert "| student | ok | 0.4000 | 0.3924 | 0.4000 |" in md  # suite order: LiveBench, BFCLv3, LCB v5

