@@ -426,3 +426,24 @@ def test_subprocess_log_error_unwraps_retry_error(tmp_path):
     msg = E._logged_error(log)
     assert msg.startswith("Error during evaluation: RetryError[")
     assert "<- " in msg and "Lin-Chen/MMStar" in msg
+
+
+def test_harness_local_data_from_suite_and_command_line(tmp_path):
+    """local_path / question_dir in a suite are relative to the suite file; --harness-data TASK=DIR
+    sets the same for one entry and names a bad item in one line."""
+    (tmp_path / "suites").mkdir()
+    (tmp_path / "data" / "bfcl").mkdir(parents=True)
+    suite = tmp_path / "suites" / "s.yaml"
+    suite.write_text("tasks:\n"
+                     "  - {task: bfcl_v3, harness: evalscope, dataset: bfcl_v3, dataset_args: {local_path: ../data/bfcl}}\n"
+                     "  - {task: livebench, harness: livebench, dataset: live_bench}\n")
+    s = E.load_suite(suite)
+    assert s.harness_tasks[0].dataset_args["local_path"] == str((tmp_path / "data" / "bfcl").resolve())
+    E.apply_harness_data(s.harness_tasks, [f"livebench={tmp_path / 'data'}"])
+    assert s.harness_tasks[1].dataset_args == {"question_dir": str((tmp_path / "data").resolve())}
+    with pytest.raises(E.EvalError, match=r"'mmstar' is not a harness benchmark of the suite \(harness tasks: bfcl_v3, livebench\)"):
+        E.apply_harness_data(s.harness_tasks, [f"mmstar={tmp_path}"])
+    with pytest.raises(E.EvalError, match="does not exist"):
+        E.apply_harness_data(s.harness_tasks, [f"bfcl_v3={tmp_path / 'nowhere'}"])
+    with pytest.raises(E.EvalError, match="expected TASK=PATH"):
+        E.apply_harness_data(s.harness_tasks, ["bfcl_v3"])
