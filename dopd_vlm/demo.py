@@ -98,8 +98,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--rebuild", action="store_true",
                         help="retrain the teacher/student warm starts with dopd-vlm sft into --assets (~10 CPU-minutes)")
     parser.add_argument("--assets", default=str(ASSETS), help="warm-start folder (default: the shipped one)")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="distillation runs at a time, each in its own process with one thread (default 1)")
+    parser.add_argument("--jobs", type=int, default=0,
+                        help="distillation runs at a time, each in its own process with one thread "
+                             "(default 0 = one per CPU core, at most 4)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="a config override applied to every method's distillation alike (repeatable), "
+                             "e.g. --set routing.topk_tail=bucket; recorded in the report")
     parser.add_argument("--tune", action="store_true",
                         help=f"choose the shared learning rate among {TUNE_LRS} on the val split (one seed, "
                              "the main methods) and use it; writes report/tune.json")
@@ -409,7 +413,7 @@ def _has_field(cfg_cls, section: str, name: str) -> bool:
     return any(f.name == name for f in dataclasses.fields(sub))
 
 
-def _distill(method, seed, steps, lr, student, teacher, data_dir, run_dir) -> Path:
+def _distill(method, seed, steps, lr, student, teacher, data_dir, run_dir, overrides=()) -> Path:
     from dopd_vlm.config import TrainConfig, load_config
     from dopd_vlm.train import train
 
@@ -421,7 +425,7 @@ def _distill(method, seed, steps, lr, student, teacher, data_dir, run_dir) -> Pa
         over.append(f"optim.max_steps={steps}")
     if lr:
         over.append(f"optim.lr={lr}")
-    cfg = load_config(TrainConfig, PRESET, over)
+    cfg = load_config(TrainConfig, PRESET, [*overrides, *over])
     with _logged(Path(run_dir).parent / f"{Path(run_dir).name}.log"):
         return train(cfg)
 
@@ -462,6 +466,19 @@ def _distill_job(job: tuple) -> str:
     return str(_distill(*job))
 
 
+def _exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: leave when the demo process is gone (killed by a signal it cannot clean up
+    after), instead of distilling on as an orphan."""
+    import threading
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def distill_all(jobs: list[tuple], n_jobs: int) -> list[str]:
     """Run ``_distill(*job)`` for every job, ``n_jobs`` at a time in worker processes (1 = here)."""
     if n_jobs <= 1 or len(jobs) <= 1:
@@ -469,19 +486,20 @@ def distill_all(jobs: list[tuple], n_jobs: int) -> list[str]:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs)), mp_context=mp.get_context("spawn"),
+                             initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
         return list(pool.map(_distill_job, jobs))
 
 
 def tune_lr(out: Path, data_dir: Path, tasks_dir: Path, student: str, teacher: str, steps: int | None,
-            methods: list[str], n_jobs: int = 1) -> float:
+            methods: list[str], n_jobs: int = 1, overrides: tuple[str, ...] = ()) -> float:
     """The one shared learning rate: best mean val accuracy over ``methods`` (seed 0) among TUNE_LRS."""
     counts = group_counts(data_dir, "val", DATA["n_val"])
     scores: dict[str, dict[str, float]] = {}
     for lr in TUNE_LRS:
         with _timed(f"tune: distil {len(methods)} methods at lr {lr:g} (seed 0)"):
-            ckpts = distill_all([(m, 0, steps, lr, student, teacher, data_dir, out / "tune" / f"lr{lr:g}" / m)
-                                 for m in methods], n_jobs)
+            ckpts = distill_all([(m, 0, steps, lr, student, teacher, data_dir, out / "tune" / f"lr{lr:g}" / m,
+                                  overrides) for m in methods], n_jobs)
         with _timed(f"tune: evaluate the lr {lr:g} students on the val split ({DATA['n_val']} scenes)"):
             accs = _evaluate(ckpts, methods, "demo_scenes_val", tasks_dir, out / "tune" / f"lr{lr:g}" / "eval", counts)
         scores[f"{lr:g}"] = {m: a["accuracy"] for m, a in zip(methods, accs)}
@@ -587,6 +605,12 @@ def run(args) -> int:
     n_test = args.n_test or (60 if args.quick else DATA["n_test"])
     methods = _methods(args.methods)
     assets = Path(args.assets)
+    if not args.jobs:  # one single-threaded run per core: the distillations are independent
+        args.jobs = max(1, min(4, os.cpu_count() or 1))
+    overrides = tuple(getattr(args, "overrides", None) or ())
+    from dopd_vlm.config import TrainConfig, load_config
+
+    preset = load_config(TrainConfig, PRESET, list(overrides))  # a bad --set fails here, before any work
 
     with _timed(f"data: {DATA['n_train']} train / {DATA['n_val']} val / {DATA['n_test']} test scenes"):
         data_dir = build_data(out / "data" / "scenes")
@@ -616,28 +640,23 @@ def run(args) -> int:
             out / "eval" / "base", counts)
         stats = answer_stats(data_dir, adapter.tokenizer(t_proc))
     pre_lines, checks = _preconditions(majority, t_plain, t_priv, s_warm, stats)
-    from dopd_vlm.config import TrainConfig, load_config
-
-    preset = load_config(TrainConfig, PRESET, [])
     preset_steps = preset.optim.max_steps
     print(f"\npreconditions (held-out test, n = {n_test}):\n  " + "\n  ".join(pre_lines) + "\n", flush=True)
 
     lr = tune_lr(out, data_dir, tasks_dir, student, teacher, steps or preset_steps, list(MAIN_METHODS),
-                 args.jobs) if args.tune else None
-    from dopd_vlm.config import TrainConfig, load_config
-
+                 args.jobs, overrides) if args.tune else None
     lr = lr or preset.optim.lr
     n_steps = steps or preset_steps
 
     runs: dict[str, list[Path]] = {m: [] for m in methods}
     ckpts: dict[str, list[str]] = {m: [] for m in methods}
-    jobs = [(m, seed, n_steps, lr, student, teacher, data_dir, out / "runs" / f"{m}-seed{seed}")
+    jobs = [(m, seed, n_steps, lr, student, teacher, data_dir, out / "runs" / f"{m}-seed{seed}", overrides)
             for m in methods for seed in range(seeds)]
     with _timed(f"distil: {len(methods)} methods x {seeds} seed(s) x {n_steps} steps, lr {lr:g}, "
                 f"{max(1, args.jobs)} at a time"):
         for job, ckpt in zip(jobs, distill_all(jobs, args.jobs)):
             ckpts[job[0]].append(ckpt)
-            runs[job[0]].append(job[-1])
+            runs[job[0]].append(job[7])
 
     with _timed(f"evaluate {sum(len(v) for v in ckpts.values())} distilled students (lmms-eval, test)"):
         labels = [f"{m}-seed{s}" for m in methods for s in range(seeds)]
@@ -676,7 +695,7 @@ def run(args) -> int:
     wall, cpu = (time.perf_counter() - t0) / 60, (_cpu_s() - c0) / 60
     settings = {"steps": n_steps, "seeds": seeds, "lr": lr, "prompts_per_step": preset.optim.prompts_per_step,
                 "num_generations": preset.rollout.num_generations, "max_new_tokens": preset.rollout.max_new_tokens,
-                "preset": str(PRESET.name), "n_test": n_test, "methods": methods,
+                "preset": str(PRESET.name), "n_test": n_test, "methods": methods, "overrides": list(overrides),
                 "lr_source": "--tune on the val split" if args.tune else "the preset (chosen on the val split)"}
     model_of = {"teacher + privileged text": teacher, "teacher (plain)": teacher, "student (warm start)": student,
                 "student warm start + privileged text": student}
@@ -697,7 +716,8 @@ def run(args) -> int:
     text = (f"# dopd-vlm demo report\n\nHeld-out synthetic scenes (n = {n_test}; layout `occluded`), exact match of "
             f"the whole answer through lmms-eval. Every method: {n_steps} steps x {seeds} seed(s), "
             f"{settings['prompts_per_step']} prompts x G {settings['num_generations']} per step, lr {lr:g} "
-            f"({settings['lr_source']}). Cells: mean ± 95 % interval half-width over seeds (Student t).\n\n"
+            f"({settings['lr_source']})" + (f"; overrides for every method: {', '.join(overrides)}" if overrides else "") +
+            ". Cells: mean ± 95 % interval half-width over seeds (Student t).\n\n"
             f"## Preconditions (measured before distillation)\n\n" + "\n".join(f"- {x}" for x in pre_lines) +
             f"\n\n## Results\n\n{table}\n\n`perceivable`: the visible objects give the answer; `privileged_only`: "
             f"the answer needs the covered object, which only the privileged text names.\n\n"

@@ -17,7 +17,8 @@ from dopd_vlm.demo import ASSETS, MAIN_METHODS
 def test_demo_quick(tmp_path):
     out = tmp_path / "demo"
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "dopd_vlm.cli", "demo", "--quick", "--out", str(out)],
+    res = subprocess.run([sys.executable, "-m", "dopd_vlm.cli", "demo", "--quick", "--out", str(out),
+                          "--set", "run.sample_every=2"],
                          capture_output=True, text=True, timeout=1200)
     elapsed = time.perf_counter() - t0
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
@@ -43,4 +44,11 @@ def test_demo_quick(tmp_path):
     assert results["preconditions"]["4_long_answers"] and results["preconditions"]["5_both_gaps"]
     for f in ("tokens_dopd.html", "entropy.png", "regime_fractions.png", "plots_dopd/regime_fractions.png"):
         assert (out / "report" / f).exists(), f
+    # --set reaches every method's run config; the preset's exact OPD support reaches both OPD baselines
+    import yaml
+
+    assert results["settings"]["overrides"] == ["run.sample_every=2"]
+    for m in MAIN_METHODS:
+        cfg = yaml.safe_load((out / "runs" / f"{m}-seed0" / "config.yaml").read_text())
+        assert cfg["run"]["sample_every"] == 2 and cfg["routing"]["opd_support"] == "full", m
     print(f"demo --quick took {elapsed:.0f} s wall, {results['process_cpu_min']:.1f} min CPU")
