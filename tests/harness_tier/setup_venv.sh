@@ -13,6 +13,7 @@ PYTHON=${PYTHON:-python3}
 CONSTRAINTS=${HARNESS_CONSTRAINTS:-constraints-harness.txt}
 TORCH_INDEX=${HARNESS_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
 test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"
+printf '# created by tests/harness_tier/setup_venv.sh\n*\n' > "$VENV/.gitignore"  # git ignores the whole venv
 PY="$VENV/bin/python"
 "$PY" -m pip install -q --upgrade pip
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then

@@ -28,7 +28,7 @@ def _python(var: str) -> str:
     value = os.environ.get(var)
     if not value or not Path(value).is_file():
         raise RuntimeError(f"{var}={value!r}: run `make test-harness`, which builds the virtualenvs and sets it")
-    return value
+    return os.path.abspath(value)  # the CLI runs in a temporary folder; abspath keeps the venv's symlink
 
 
 HARNESS_PY = _python("DOPD_HARNESS_PYTHON")
