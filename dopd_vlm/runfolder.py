@@ -24,7 +24,8 @@ Used by ``train`` and ``sft`` alike::
 - **Stale temporary folders** of a killed checkpoint write are removed when the folder is opened.
 - **Ctrl-C**: the first SIGINT lets the current step finish; the caller then saves a checkpoint
   (``train`` also writes its plots and HTML) and ``done`` exits with status 130 and one line. A
-  second SIGINT exits at once (status 130; the last complete checkpoint is kept).
+  second SIGINT exits at once (status 130; the last complete checkpoint is kept). SIGTERM (a
+  scheduler's pre-emption notice) is handled like the first Ctrl-C and exits 143.
 """
 
 from __future__ import annotations
@@ -170,6 +171,8 @@ class RunFolder:
         self.accepted: dict[str, tuple[Any, Any]] = {}  # run-altering changes allowed on resume
         self._interrupts = 0
         self._prev_handler = None
+        self._prev_term_handler = None
+        self._signum = signal.SIGINT
 
     # -- context
     def __enter__(self) -> RunFolder:
@@ -188,9 +191,10 @@ class RunFolder:
         if self._prev_handler is not None:
             try:
                 signal.signal(signal.SIGINT, self._prev_handler)
+                signal.signal(signal.SIGTERM, self._prev_term_handler)
             except ValueError:
                 pass
-            self._prev_handler = None
+            self._prev_handler = self._prev_term_handler = None
         if self._lock_fd is not None:
             import fcntl
 
@@ -356,12 +360,17 @@ class RunFolder:
         if threading.current_thread() is not threading.main_thread() or self._prev_handler is not None:
             return
         self._prev_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        # SIGTERM (a scheduler's pre-emption notice, `kill`, a launcher stopping its workers) is
+        # handled like the first Ctrl-C: finish the step, save, exit 143 [D]
+        self._prev_term_handler = signal.signal(signal.SIGTERM, self._on_sigint)
 
     def _on_sigint(self, signum, frame) -> None:
         # os.write, not print: the handler may run while the main thread is inside a buffered write
         self._interrupts += 1
         if self._interrupts == 1:
-            os.write(2, f"\n{self.kind}: interrupt: finishing the current step, then saving a checkpoint "
+            self._signum = signum
+            what = "interrupt" if signum == signal.SIGINT else signal.Signals(signum).name
+            os.write(2, f"\n{self.kind}: {what}: finishing the current step, then saving a checkpoint "
                         "(press Ctrl-C again to exit at once)\n".encode())
             return
         from dopd_vlm.checkpoint import CKPT_RE
@@ -394,7 +403,7 @@ class RunFolder:
         if self.main:
             print(f"dopd-vlm {self.kind}: interrupted after step {self.stopped_at}: saved {final}{extra}; "
                   f"continue with run.resume_from=latest", file=sys.stderr, flush=True)
-        raise SystemExit(INTERRUPT_EXIT)
+        raise SystemExit(128 + int(self._signum))  # 130 after Ctrl-C, 143 after SIGTERM, as a shell reports
 
 
 def _same_on_all_ranks(message: str, accelerator) -> str:

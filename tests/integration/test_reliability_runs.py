@@ -165,6 +165,26 @@ def test_sft_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tmp_path, shared):
     assert (out / f"checkpoint-{n + 1:06d}").is_dir()
 
 
+def test_sft_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path, shared):
+    """A scheduler's SIGTERM (pre-emption) finishes the step, saves and exits 143 with one line."""
+    out, log = tmp_path / "run", tmp_path / "run.log"
+    proc = _popen(_sft_args(shared, out, "optim.max_steps=400", "run.save_every=0"), log)
+    try:
+        _wait_for(lambda: len(_metrics(out)) >= 2, proc, what="two sft steps")
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text(errors="replace")
+    assert rc == 143 and "Traceback" not in text, text[-3000:]
+    assert "sft: SIGTERM: finishing the current step" in text
+    n = _metrics(out)[-1]["step"]
+    assert text.strip().splitlines()[-1] == (f"dopd-vlm sft: interrupted after step {n}: saved "
+                                             f"{out / f'checkpoint-{n:06d}'}; continue with run.resume_from=latest")
+    assert (out / f"checkpoint-{n:06d}" / "trainer_state" / "state.json").is_file()
+
+
 # ------------------------------------------------------------------------ train: Ctrl-C, lock
 def test_train_ctrl_c_saves_plots_and_html_and_a_second_process_is_refused(tmp_path, shared):
     out, log = tmp_path / "run", tmp_path / "run.log"
