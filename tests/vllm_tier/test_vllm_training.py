@@ -227,14 +227,26 @@ def test_server_mode_training_pushes_through_the_reload_endpoint(tmp_path):
         with pytest.raises(vr.VLLMRolloutError, match="not the expected model"):
             vr.ServerEngine(url, "some/other-model", tmp_path / "w")
 
-        cfg = tiny_cfg(tmp_path, "qwen3_vl", **{"model.model_name_or_path": student, "rollout.server_url": url})
+        # the server options as a user sets them: the served name, a weights folder of one's own
+        pushed = tmp_path / "pushed_weights"
+        cfg = tiny_cfg(tmp_path, "qwen3_vl", **{"model.model_name_or_path": student, "rollout.server_url": url,
+                                                "rollout.server_model": student,
+                                                "rollout.server_weights_dir": str(pushed),
+                                                "rollout.server_timeout_s": "120"})
         final = train(cfg)
         metrics = read_metrics(Path(cfg.run.output_dir))
         assert len(metrics) == cfg.optim.max_steps
         for m in metrics:  # image prompts, sampled by the server, scored by the trainer
             assert m["rollout/logprob_max_abs_diff"] < TOL, m
         assert all("rollout/push_s" in m for m in metrics[1:])
-        assert (Path(cfg.run.output_dir) / "rollout_weights" / "model.safetensors").is_file()
+        assert (pushed / "model.safetensors").is_file()  # rollout.server_weights_dir is where the pushes go
+        assert not (Path(cfg.run.output_dir) / "rollout_weights").exists()
+        # a wrong rollout.server_model stops the run at start, in one line, before any step
+        bad = tiny_cfg(tmp_path, "qwen3_vl", **{"model.model_name_or_path": student, "rollout.server_url": url,
+                                                "rollout.server_model": "some/other-model",
+                                                "run.output_dir": str(tmp_path / "bad_run")})
+        with pytest.raises((vr.VLLMRolloutError, SystemExit), match="not the expected model"):
+            train(bad)
 
         # the server now holds the final weights: it matches the final checkpoint, not the start
         engine = vr.ServerEngine(url, student, tmp_path / "unused")
