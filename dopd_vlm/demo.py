@@ -96,7 +96,7 @@ def add_arguments(parser) -> None:
                         help="main (vanilla_opd, opd_priv_teacher, opsd, dopd), all (+ the Table 8 ablations) "
                              "or comma-separated routing tables")
     parser.add_argument("--rebuild", action="store_true",
-                        help="retrain the teacher/student warm starts with dopd-vlm sft into --assets (~10 CPU-minutes)")
+                        help="retrain the teacher/student warm starts with dopd-vlm sft into --assets (~27 CPU-minutes; bit for bit the shipped ones)")
     parser.add_argument("--assets", default=str(ASSETS), help="warm-start folder (default: the shipped one)")
     parser.add_argument("--jobs", type=int, default=0,
                         help="distillation runs at a time, each in its own process with one thread "
