@@ -92,7 +92,11 @@ LORA = {"model.use_peft": "true", "model.lora_r": "4", "model.lora_target_module
 LEAN = {"run.loss_impl": "lean", "routing.lean_chunk_size": "5"}  # the trainer's scores come chunked
 
 
-@pytest.mark.parametrize("family,extra", [("qwen3", {}), ("qwen3_vl", {}), ("qwen3", {**LORA, **LEAN})],
+# the engine options as a user sets them: a context length of one's own reaches vllm.LLM
+ENGINE_OPTS = {"rollout.vllm_max_model_len": "1024", "rollout.vllm_enforce_eager": "true"}
+
+
+@pytest.mark.parametrize("family,extra", [("qwen3", {}), ("qwen3_vl", {}), ("qwen3", {**LORA, **LEAN, **ENGINE_OPTS})],
                          ids=["qwen3", "qwen3_vl", "qwen3-lora-lean"])
 def test_colocated_engine_follows_the_student_every_step(family, extra, tmp_path, monkeypatch):
     """LoRA: the push sends W + BA (merged on the fly), so vLLM follows the adapters too; with the
@@ -111,7 +115,7 @@ def test_colocated_engine_follows_the_student_every_step(family, extra, tmp_path
             path = self.llm.llm_engine.model_config.model
             adapter = get_adapter(path)
             processor = adapter.load_processor(path)
-            state.update(adapter=adapter, processor=processor,
+            state.update(adapter=adapter, processor=processor, max_model_len=self.llm.llm_engine.model_config.max_model_len,
                          batch=collate([probe_record(family)], processor, adapter, views=("plain",))["plain"])
         m, lp = vr.prompt_probe(self.llm, hf_model, state["adapter"], state["batch"])  # teacher-forced
         m.update({f"sampled/{k}": v for k, v in vr.probe(self, hf_model, state["processor"], state["adapter"],
@@ -123,6 +127,10 @@ def test_colocated_engine_follows_the_student_every_step(family, extra, tmp_path
     train(cfg)
 
     assert len(checks) == 1 + cfg.optim.max_steps  # the start, then one push per optimiser step
+    if "rollout.vllm_max_model_len" in extra:  # rollout.vllm_max_model_len reached the engine
+        assert state["max_model_len"] == int(extra["rollout.vllm_max_model_len"])
+    else:  # 0 = the model's own context length
+        assert state["max_model_len"] != 1024
     for i, m in enumerate(checks):
         assert m["rollout/logprob_max_abs_diff"] < TOL, f"push {i}: {m}"
         assert m["sampled/rollout/logprob_max_abs_diff"] < TOL, f"push {i}: {m}"
