@@ -654,9 +654,9 @@ def run(args) -> int:
             for m in methods for seed in range(seeds)]
     with _timed(f"distil: {len(methods)} methods x {seeds} seed(s) x {n_steps} steps, lr {lr:g}, "
                 f"{max(1, args.jobs)} at a time"):
-        for job, ckpt in zip(jobs, distill_all(jobs, args.jobs)):
-            ckpts[job[0]].append(ckpt)
-            runs[job[0]].append(job[7])
+        for (method, *_, run_dir, _overrides), ckpt in zip(jobs, distill_all(jobs, args.jobs)):
+            ckpts[method].append(ckpt)
+            runs[method].append(run_dir)
 
     with _timed(f"evaluate {sum(len(v) for v in ckpts.values())} distilled students (lmms-eval, test)"):
         labels = [f"{m}-seed{s}" for m in methods for s in range(seeds)]

@@ -290,22 +290,21 @@ def _words_value(phrase: str) -> float | None:
 _LATEX_FRAC_RE = re.compile(r"\\[dt]?frac\s*(?:\{\s*([-+]?\d+(?:\.\d+)?)\s*\}|(\d))\s*(?:\{\s*([-+]?\d+(?:\.\d+)?)\s*\}|(\d))")
 
 
+def _frac_value(m: re.Match) -> float | None:
+    num, den = float(m.group(1) or m.group(2)), float(m.group(3) or m.group(4))
+    return num / den if den else None
+
+
 def _latex_fracs(text: str) -> list[tuple[int, int, float]]:
     """(start, end, value) of every LaTeX fraction with numeric parts in ``text`` (zero denominators skipped)."""
-    out = []
-    for m in _LATEX_FRAC_RE.finditer(text):
-        num, den = float(m.group(1) or m.group(2)), float(m.group(3) or m.group(4))
-        if den:
-            out.append((m.start(), m.end(), num / den))
-    return out
+    return [(m.start(), m.end(), v) for m in _LATEX_FRAC_RE.finditer(text) if (v := _frac_value(m)) is not None]
 
 
 def _as_number(s: str) -> float | None:
     whole = str(s).strip().strip("$").strip()
     frac = _LATEX_FRAC_RE.fullmatch(whole)
     if frac:
-        fracs = _latex_fracs(whole)
-        return fracs[0][2] if fracs else None
+        return _frac_value(frac)
     s, _ = _fold(str(s), words=False)
     s = s.strip().rstrip(".").strip()
     v = _words_value(s)
