@@ -142,17 +142,22 @@ def test_sft_disk_full_at_a_checkpoint_save_is_one_line_and_keeps_the_previous(t
     assert (out / "checkpoint-000002" / "trainer_state" / "state.json").is_file()
 
 
-def test_sft_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tmp_path, shared):
+def _signal_sft_after_two_steps(tmp_path, shared, signum) -> tuple[Path, int, str]:
+    """(run folder, exit status, log) of a long sft run sent ``signum`` once two steps are logged."""
     out, log = tmp_path / "run", tmp_path / "run.log"
     proc = _popen(_sft_args(shared, out, "optim.max_steps=400", "run.save_every=0"), log)
     try:
         _wait_for(lambda: len(_metrics(out)) >= 2, proc, what="two sft steps")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         rc = proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
-    text = log.read_text(errors="replace")
+    return out, rc, log.read_text(errors="replace")
+
+
+def test_sft_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tmp_path, shared):
+    out, rc, text = _signal_sft_after_two_steps(tmp_path, shared, signal.SIGINT)
     assert rc == 130 and "Traceback" not in text, text[-3000:]
     n = _metrics(out)[-1]["step"]
     assert [r["step"] for r in _metrics(out)] == list(range(1, n + 1))
@@ -167,16 +172,7 @@ def test_sft_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tmp_path, shared):
 
 def test_sft_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path, shared):
     """A scheduler's SIGTERM (pre-emption) finishes the step, saves and exits 143 with one line."""
-    out, log = tmp_path / "run", tmp_path / "run.log"
-    proc = _popen(_sft_args(shared, out, "optim.max_steps=400", "run.save_every=0"), log)
-    try:
-        _wait_for(lambda: len(_metrics(out)) >= 2, proc, what="two sft steps")
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    text = log.read_text(errors="replace")
+    out, rc, text = _signal_sft_after_two_steps(tmp_path, shared, signal.SIGTERM)
     assert rc == 143 and "Traceback" not in text, text[-3000:]
     assert "sft: SIGTERM: finishing the current step" in text
     n = _metrics(out)[-1]["step"]
