@@ -158,4 +158,11 @@ def test_sft_refuses_a_privileged_view_with_empty_privilege(scenes, tmp_path, ti
         assert main(["sft", *common, f"data.view={view}", f"run.output_dir={tmp_path / view}"]) == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert err.startswith("dopd-vlm sft: error:") and "empty in 8 of 8 rows" in err, err
+    # data.max_empty_privileged_share reaches sft: half the rows empty is refused above a 0.2 share
+    half = _strip_regions(scenes / "scenes", tmp_path / "half", keep_every=2)
+    capsys.readouterr()
+    assert main(["sft", *common, f"data.dataset_path={half}", "data.view=privileged",
+                 "data.max_empty_privileged_share=0.2", f"run.output_dir={tmp_path / 'half_run'}"]) == 2
+    err = capsys.readouterr().err
+    assert "empty in 4 of 8 rows" in err and "max_empty_privileged_share=0.2" in err, err
     assert main(["sft", *common, "data.view=plain", f"run.output_dir={tmp_path / 'plain'}"]) == 0
